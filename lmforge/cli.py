@@ -1,0 +1,206 @@
+"""`lmforge <command>`: a thin argparse front end over the modules; each command calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from lmforge.tokenizer.patterns import PATTERNS
+
+
+def data_dir() -> Path:
+    """The shared data sets: LMFORGE_DATA, else ../shared/data beside the checkout."""
+    env = os.environ.get("LMFORGE_DATA")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent
+    return here.parent / "shared" / "data"
+
+
+def _pattern(name: str):
+    if name in PATTERNS:
+        return PATTERNS[name]
+    raise SystemExit(f"unknown pattern {name!r}; choose one of: {', '.join(PATTERNS)}")
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    from lmforge.tokenizer import BPETokenizer, train_bpe
+
+    t0 = time.perf_counter()
+    vocab, merges = train_bpe(
+        args.input, args.vocab_size, args.special_tokens, _pattern(args.pattern), args.workers
+    )
+    dt = time.perf_counter() - t0
+    tok = BPETokenizer(vocab, merges, args.special_tokens, _pattern(args.pattern), name=Path(args.out).stem)
+    tok.save(args.out, format=args.format)
+    print(f"trained {len(vocab)} tokens ({len(merges)} merges) on {args.input} in {dt:.2f}s → {args.out}")
+
+
+def _read_text(args: argparse.Namespace) -> str:
+    if args.file:
+        return Path(args.file).read_text(encoding="utf-8", errors="replace")
+    if args.text is not None:
+        return args.text
+    return sys.stdin.read()
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace) -> None:
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    text = _read_text(args)
+    ids = tok.encode(text)
+    if args.tokens:
+        print(json.dumps([tok.decode([i]) for i in ids], ensure_ascii=False))
+    else:
+        print(" ".join(map(str, ids)))
+    n_bytes = len(text.encode("utf-8"))
+    print(
+        f"{len(ids)} tokens, {n_bytes} bytes, {n_bytes / max(1, len(ids)):.2f} bytes/token", file=sys.stderr
+    )
+
+
+def cmd_tokenizer_decode(args: argparse.Namespace) -> None:
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    try:
+        ids = [int(x) for x in (args.ids or sys.stdin.read().split())]
+    except ValueError as e:
+        raise SystemExit(f"token ids must be integers: {e}") from None
+    print(tok.decode(ids))
+
+
+def cmd_tokenizer_info(args: argparse.Namespace) -> None:
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    print(f"{type(tok).__name__}: vocab size {tok.vocab_size}, {len(tok.special_tokens)} special tokens")
+    print(
+        f"bos={tok.bos_token!r} eos={tok.eos_token!r} chat template: {'yes' if tok.chat_template else 'no'}"
+    )
+    if args.chat:
+        messages = [{"role": "user", "content": args.chat}]
+        print(tok.apply_chat_template(messages, add_generation_prompt=True))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from lmforge.registry import MODELS, resolve
+
+    for m in MODELS.values():
+        try:
+            where = str(resolve(m.name))
+        except FileNotFoundError:
+            where = f"not installed: {m.install_command()}"
+        print(f"{m.name:24s} {m.description}\n{'':24s} {where}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job for now: train a BPE tokenizer on a real corpus, then use it and compare."""
+    from lmforge.tokenizer import BPETokenizer, load_tokenizer, train_bpe
+
+    corpus = Path(args.corpus) if args.corpus else data_dir() / "text" / "tinyshakespeare.txt"
+    if not corpus.is_file():
+        raise SystemExit(
+            f"corpus {corpus} not found: pass --corpus FILE or set LMFORGE_DATA to the shared data folder"
+        )
+    text = corpus.read_text(encoding="utf-8", errors="replace")
+    sample = "Hello world! To be, or not to be: that is the question. ünïcödé 🤗"
+    print(f"corpus: {corpus} ({len(text.encode('utf-8')) / 1e6:.2f} MB)\n")
+    print("| tokenizer | vocab | train s | bytes/token on corpus |")
+    print("|---|---:|---:|---:|")
+    trained = None
+    for size in args.vocab_sizes:
+        t0 = time.perf_counter()
+        vocab, merges = train_bpe(corpus, size, ["<|endoftext|>"], progress=False)
+        dt = time.perf_counter() - t0
+        tok = BPETokenizer(vocab, merges, ["<|endoftext|>"])
+        print(
+            f"| ours (trained) | {size} | {dt:.2f} | {len(text.encode('utf-8')) / len(tok.encode(text)):.2f} |"
+        )
+        trained = tok
+    for name in ("smollm2-135m-instruct",):
+        try:
+            ref = load_tokenizer(name)
+        except FileNotFoundError as e:
+            print(f"(skipping {name}: {e})")
+            continue
+        print(f"| {name} | {ref.vocab_size} | – | {len(text.encode('utf-8')) / len(ref.encode(text)):.2f} |")
+    ids = trained.encode(sample)
+    print(f"\nencode({sample!r})\n  ids:    {ids}")
+    print(f"  pieces: {[_show(trained.vocab[i]) for i in ids]}")
+    print(f"  decode: {trained.decode(ids)!r}  (round trip: {trained.decode(ids) == sample})")
+    if args.out:
+        trained.save(args.out)
+        print(f"\nsaved the {trained.vocab_size}-token tokenizer to {args.out}")
+
+
+def _show(token: bytes) -> str:
+    """A token as text, or as its bytes when it is only part of a UTF-8 character."""
+    try:
+        return token.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(f"<0x{b:02X}>" for b in token)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmforge", description="The life of an LLM, readable and real.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train a BPE tokenizer on a real corpus and show what it does")
+    d.add_argument("--corpus", help="text file (default: tinyshakespeare from the shared data)")
+    d.add_argument("--vocab-sizes", type=int, nargs="+", default=[512, 1024, 4096])
+    d.add_argument("--out", help="save the last trained tokenizer here")
+    d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("models", help="list the models lmforge knows and where their files are")
+    m.set_defaults(func=cmd_models)
+
+    t = sub.add_parser("tokenizer", help="train, inspect and run tokenizers")
+    tsub = t.add_subparsers(dest="tokenizer_command", required=True)
+    tr = tsub.add_parser("train", help="train byte-level BPE on a text file")
+    tr.add_argument("input")
+    tr.add_argument("--vocab-size", type=int, required=True)
+    tr.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"])
+    tr.add_argument("--pattern", default="gpt2", help=f"pre-tokenizer: {', '.join(PATTERNS)}")
+    tr.add_argument(
+        "--workers", type=int, default=None, help="pre-tokenization processes (default: all cores)"
+    )
+    tr.add_argument("--out", required=True, help="output file (.json)")
+    tr.add_argument("--format", default="lmforge", choices=["lmforge", "hf"])
+    tr.set_defaults(func=cmd_tokenizer_train)
+    for name, func, help_ in [
+        ("encode", cmd_tokenizer_encode, "text → token ids"),
+        ("decode", cmd_tokenizer_decode, "token ids → text"),
+        ("info", cmd_tokenizer_info, "describe a tokenizer (and render its chat template)"),
+    ]:
+        s = tsub.add_parser(name, help=help_)
+        s.add_argument(
+            "--tokenizer", "-t", default="smollm2-135m-instruct", help="model name, folder or file"
+        )
+        if name == "encode":
+            s.add_argument("text", nargs="?")
+            s.add_argument("--file", help="read the text from this file")
+            s.add_argument("--tokens", action="store_true", help="print token strings instead of ids")
+        elif name == "decode":
+            s.add_argument("ids", nargs="*")
+        else:
+            s.add_argument("--chat", help="render this user message with the chat template")
+        s.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
