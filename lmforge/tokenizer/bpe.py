@@ -340,19 +340,19 @@ class BPETokenizer(Tokenizer):
 
     def _split_safe(self, text: str, allow_special: bool) -> tuple[str, str]:
         """Split text into (prefix that no later text can change, tail to carry over)."""
-        end = len(text)
+        start, end = 0, len(text)  # the pieces we look at: text[start:end]
         if allow_special and self._special_re is not None:
-            # A special token may be cut at the chunk end; keep the last max-length chars back too.
-            longest = max(map(len, self.special_tokens))
-            end = max(0, end - longest)
-            last = None
+            # A special token may be cut at the chunk end: hold back its length in characters.
+            end = max(0, end - max(map(len, self.special_tokens)))
             for m in self._special_re.finditer(text):
-                last = m
-            if last is not None and last.end() > end:
-                end = last.start()
-        pieces = pretokenize(text[:end], self._pretok)
+                if m.end() <= end:
+                    start = m.end()  # right after a special token is always a safe cut
+                elif m.start() < end:
+                    end = m.start()
+                    break
+        pieces = pretokenize(text[start:end], self._pretok)
         if len(pieces) <= 2:
-            return "", text
+            return text[:start], text[start:]
         cut = end - len(pieces[-1]) - len(pieces[-2])
         return text[:cut], text[cut:]
 

@@ -132,3 +132,17 @@ def test_encode_iterable_on_a_file_equals_encode(data):
     with open(path, encoding="utf-8") as f:
         streamed = list(tok.encode_iterable(f))
     assert streamed == tok.encode(path.read_text(encoding="utf-8"))
+
+
+def test_encode_iterable_with_special_tokens_across_lines(data):
+    from lmforge.tokenizer.formats import load_tiktoken
+
+    tok = load_tiktoken(data / "tokenizers/tiktoken/cl100k_base.tiktoken")
+    stories = (data / "text/tinystories_val_subset.txt").read_text(encoding="utf-8")[:200_000]
+    text = stories.replace("\n\n", "<|endoftext|>\n").replace("Once", "<|endoftext|><|fim_prefix|>Once")
+    lines = text.splitlines(keepends=True)
+    assert list(tok.encode_iterable(lines)) == tok.encode(text)
+    # chunks that cut special tokens in half
+    chunks = [text[i : i + 7] for i in range(0, len(text), 7)]
+    assert list(tok.encode_iterable(chunks)) == tok.encode(text)
+    assert list(tok.encode_iterable(chunks, allow_special=False)) == tok.encode(text, allow_special=False)
