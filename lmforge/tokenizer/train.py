@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -36,9 +36,76 @@ _INVERT = {i: chr(255 - i) for i in range(256)}
 _END = "\u0100"  # sorts after every inverted byte: a longer string with the same prefix comes first
 
 
-def _tie_key(a: bytes, b: bytes) -> str:
-    """A string whose ascending order is the *descending* order of the pair (a, b)."""
-    return a.decode("latin-1").translate(_INVERT) + _END + b.decode("latin-1").translate(_INVERT) + _END
+def _inverted(token: bytes) -> str:
+    """A string whose ascending order is the *descending* order of byte strings.
+
+    For a pair, inverted(a) + inverted(b) sorts the pairs (a, b) in descending order: the end marker
+    makes a shorter prefix sort after its extensions, as it must when reversed.
+    """
+    return token.decode("latin-1").translate(_INVERT) + _END
+
+
+def _apply_merge(
+    words: list[list[int]],
+    counts: list[int],
+    idxs: Iterable[int],
+    a: int,
+    b: int,
+    new: int,
+    pair_counts: defaultdict[tuple[int, int], int],
+    where: defaultdict[tuple[int, int], set[int]],
+) -> dict[tuple[int, int], None]:
+    """Replace every (a, b) by `new` in the words idxs, left to right, fixing pair counts locally.
+
+    Only the neighbours of a merged position change: (left, a) becomes (left, new) and (b, right)
+    becomes (new, right). The pair (a, b) itself is dropped by the caller. Returns the pairs that
+    gained counts (all contain `new`), in a dict used as an ordered set.
+    """
+    touched: dict[tuple[int, int], None] = {}
+    for idx in idxs:
+        w = words[idx]
+        n = len(w)
+        c = counts[idx]
+        out: list[int] = []
+        i = 0
+        merged_end = -1  # position right after the previous merge in this word
+        remaining = w.count(a)  # counting first spares the ValueError that ends an index() search
+        while remaining:
+            j = w.index(a, i)  # jump to the next candidate in C, not element by element
+            remaining -= 1
+            if j + 1 >= n:
+                break
+            if w[j + 1] != b:
+                out.extend(w[i : j + 1])
+                i = j + 1
+                continue
+            if a == b:
+                remaining -= 1  # the b consumed here was also an a
+            out.extend(w[i:j])
+            gained = []
+            if j > 0:
+                if j == merged_end:
+                    # two merges side by side: (b, a) was removed by the previous one's right side
+                    gained.append((new, new))
+                else:
+                    left = w[j - 1]
+                    pair_counts[(left, a)] -= c
+                    gained.append((left, new))
+            if j + 2 < n:
+                right = w[j + 2]
+                pair_counts[(b, right)] -= c
+                if not (right == a and j + 3 < n and w[j + 3] == b):  # else the next merge adds (new, new)
+                    gained.append((new, right))
+            for p in gained:
+                pair_counts[p] += c
+                touched[p] = None
+                where[p].add(idx)
+            out.append(new)
+            i = merged_end = j + 2
+        if merged_end >= 0:  # else the index was stale: this word lost the pair in an earlier merge
+            out.extend(w[i:])
+            words[idx] = out
+    return touched
 
 
 # ---------------------------------------------------------------------- step 2: count pre-tokens
@@ -184,17 +251,15 @@ def merge_counts(
             words.append([offset + x for x in w])
             counts.append(c)
 
-    pair_counts: dict[tuple[int, int], int] = {}
-    where: dict[tuple[int, int], set[int]] = {}
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair → words that (may) contain it
     for idx, (w, c) in enumerate(zip(words, counts)):
         for pair in zip(w, w[1:]):
-            pair_counts[pair] = pair_counts.get(pair, 0) + c
-            s = where.get(pair)
-            if s is None:
-                where[pair] = {idx}
-            else:
-                s.add(idx)
-    heap = [(-c, _tie_key(token_bytes[a], token_bytes[b]), (a, b)) for (a, b), c in pair_counts.items()]
+            pair_counts[pair] += c
+            where[pair].add(idx)
+    # Tie-break keys: each token's inverted string is computed once, a pair's key is two of them joined.
+    inv = [_inverted(t) for t in token_bytes]
+    heap = [(-c, inv[a] + inv[b], (a, b)) for (a, b), c in pair_counts.items()]
     heapq.heapify(heap)
 
     merges: list[tuple[bytes, bytes]] = []
@@ -211,45 +276,15 @@ def merge_counts(
         a, b = pair
         new = len(token_bytes)
         token_bytes.append(token_bytes[a] + token_bytes[b])
+        inv.append(_inverted(token_bytes[new]))
         merges.append((token_bytes[a], token_bytes[b]))
         vocab[new] = token_bytes[new]
-        touched: set[tuple[int, int]] = set()
-        for idx in where.pop(pair):
-            w = words[idx]
-            if len(w) < 2:
-                continue
-            # Replace every (a, b) in this word, left to right.
-            out: list[int] = []
-            i, n = 0, len(w)
-            changed = False
-            while i < n:
-                if i < n - 1 and w[i] == a and w[i + 1] == b:
-                    out.append(new)
-                    i += 2
-                    changed = True
-                else:
-                    out.append(w[i])
-                    i += 1
-            if not changed:
-                continue  # the index is lazy: this word lost the pair in an earlier merge
-            c = counts[idx]
-            for p in zip(w, w[1:]):
-                pair_counts[p] -= c
-            for p in zip(out, out[1:]):
-                pair_counts[p] = pair_counts.get(p, 0) + c
-                if new in p:
-                    touched.add(p)
-                    s = where.get(p)
-                    if s is None:
-                        where[p] = {idx}
-                    else:
-                        s.add(idx)
-            words[idx] = out
+        touched = _apply_merge(words, counts, where.pop(pair), a, b, new, pair_counts, where)
         pair_counts.pop(pair, None)
         for p in touched:  # only pairs with the new token can have grown: push their fresh counts
             c = pair_counts.get(p, 0)
             if c > 0:
-                heapq.heappush(heap, (-c, _tie_key(token_bytes[p[0]], token_bytes[p[1]]), p))
+                heapq.heappush(heap, (-c, inv[p[0]] + inv[p[1]], p))
         if bar is not None:
             bar.update(1)
     if bar is not None:

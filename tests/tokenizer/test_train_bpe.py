@@ -67,10 +67,17 @@ def _cases(data):
         ("wiki-cl100k", wiki, 450, [], CL100K_PATTERN),
         ("latin1-bytes", latin1, 400, [], GPT2_PATTERN),
         ("tiny-vocab", shakespeare[:5000], 257, ["<s>"], GPT2_PATTERN),
+        (
+            "repeats",
+            b"aaaa aaaaa aaaaaaa abab ababab bbbb aabb   \n\n\n\n    " * 30 + shakespeare[:2000],
+            330,
+            [],
+            GPT2_PATTERN,
+        ),
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_matches_naive_reference(data, tmp_path, case):
     name, raw, vocab_size, specials, pattern = _cases(data)[case]
     path = tmp_path / f"{name}.txt"
