@@ -24,10 +24,14 @@ from lmforge.tokenizer.patterns import (
     O200K_PATTERN,
     SMOLLM_PATTERNS,
 )
+from lmforge.tokenizer.sentencepiece import SentencePieceTokenizer
 from lmforge.tokenizer.train import train_bpe
+from lmforge.tokenizer.wordpiece import WordPieceTokenizer
 
 __all__ = [
     "BPETokenizer",
+    "SentencePieceTokenizer",
+    "WordPieceTokenizer",
     "Tokenizer",
     "train_bpe",
     "load_tokenizer",

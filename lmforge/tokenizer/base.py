@@ -11,6 +11,33 @@ from typing import Any
 from lmforge.tokenizer.chat_template import render_chat_template
 
 
+class MissCache(dict):
+    """key → tuple of ids; a miss computes once. Cleared when full, so memory stays bounded.
+
+    Tokenizers cache the result per pre-token: with `map(cache.__getitem__, pieces)` the hot loop
+    stays in C and only a miss runs Python.
+    """
+
+    __slots__ = ("compute", "limit")
+
+    def __init__(self, compute, limit: int):
+        super().__init__()
+        self.compute = compute
+        self.limit = limit
+
+    def __missing__(self, key: str) -> tuple[int, ...]:
+        ids = self.compute(key)
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = ids
+        return ids
+
+
+def token_str(t: Any) -> str | None:
+    """A special token as Hugging Face config files write it: a string or {"content": ...}."""
+    return t.get("content") if isinstance(t, dict) else t
+
+
 class Tokenizer:
     """Base class: subclasses set `vocab` (id → bytes), `special_tokens` (str → id) and implement encode/decode."""
 

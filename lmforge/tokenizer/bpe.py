@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import heapq
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from typing import Any, Literal
 
 import regex
 
-from lmforge.tokenizer.base import Tokenizer
+from lmforge.tokenizer.base import MissCache, Tokenizer
 from lmforge.tokenizer.patterns import GPT2_PATTERN, PATTERNS
 
 MergeMode = Literal["merges", "ranks"]
@@ -69,22 +69,61 @@ def pretokenize(text: str, compiled: list[regex.Pattern]) -> list[str]:
     return pieces
 
 
-class _PieceCache(dict):
-    """piece → tuple of ids; a miss runs BPE once. Cleared when full so memory stays bounded."""
+def merge_by_concat(parts: list, ranks: dict) -> list:
+    """BPE's inner loop when a pair ranks as the symbol it would make (lower rank merges first).
 
-    __slots__ = ("compute", "limit")
+    tiktoken ranks byte strings this way; SentencePiece does too, with rank = -score. Merge the
+    best-ranked adjacent pair (the leftmost on ties) until no adjacent pair makes a known symbol.
+    A merge changes only the two pairs next to it, so the rank list is patched, not rebuilt.
+    """
+    get = ranks.get
+    pair_ranks = [get(a + b, _NONE) for a, b in zip(parts, parts[1:])]
+    while pair_ranks:
+        best = min(pair_ranks)
+        if best == _NONE:
+            break
+        i = pair_ranks.index(best)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        del pair_ranks[i]
+        if i > 0:
+            pair_ranks[i - 1] = get(parts[i - 1] + parts[i], _NONE)
+        if i < len(pair_ranks):
+            pair_ranks[i] = get(parts[i] + parts[i + 1], _NONE)
+    return parts
 
-    def __init__(self, compute, limit: int):
-        super().__init__()
-        self.compute = compute
-        self.limit = limit
 
-    def __missing__(self, piece: str) -> tuple[int, ...]:
-        ids = self.compute(piece)
-        if len(self) >= self.limit:
-            self.clear()
-        self[piece] = ids
-        return ids
+def merge_heap(parts: list, rank_of: Callable[[Any, Any], Any]) -> list:
+    """The same merges in O(n log n): a heap of (rank, position) over a doubly linked list.
+
+    For long pieces, where the loops above are quadratic (a 10,000-space run would take 10^8 steps).
+    rank_of(a, b) gives the pair's rank or None. Ties go to the leftmost pair, as in the loops.
+    """
+    n = len(parts)
+    parts = list(parts)
+    nxt = list(range(1, n + 1))
+    prv = list(range(-1, n - 1))
+    heap: list = []
+
+    def push(i: int) -> None:
+        if i >= 0 and nxt[i] < n:
+            r = rank_of(parts[i], parts[nxt[i]])
+            if r is not None:
+                heapq.heappush(heap, (r, i, parts[i], parts[nxt[i]]))
+
+    for i in range(n - 1):
+        push(i)
+    while heap:
+        _, i, a, b = heapq.heappop(heap)
+        j = nxt[i] if parts[i] is not None else n
+        if j >= n or parts[i] != a or parts[j] != b:
+            continue  # stale: one side was merged since this entry was pushed
+        parts[i], parts[j] = a + b, None
+        nxt[i] = nxt[j]
+        if nxt[j] < n:
+            prv[nxt[j]] = i
+        push(prv[i])
+        push(i)
+    return [p for p in parts if p is not None]
 
 
 class BPETokenizer(Tokenizer):
@@ -175,7 +214,7 @@ class BPETokenizer(Tokenizer):
             # Longest first: with "<|a|>" and "<|a|>b" both special, the longer one wins.
             alts = sorted(self.special_tokens, key=len, reverse=True)
             self._special_re = regex.compile("(" + "|".join(regex.escape(s) for s in alts) + ")")
-        self._cache = _PieceCache(self._bpe, cache_size)
+        self._cache = MissCache(self._bpe, cache_size)
 
     # ------------------------------------------------------------------ BPE on one piece
     def _rank(self, a: bytes, b: bytes) -> int | None:
@@ -196,7 +235,7 @@ class BPETokenizer(Tokenizer):
             # tiktoken's shortcut (with rank merges a whole token is always reached) and HF's ignore_merges.
             return (ids[data],)
         if len(data) > 64:
-            return self._to_ids(self._bpe_heap(data))
+            return self._to_ids(merge_heap([data[i : i + 1] for i in range(len(data))], self._rank))
         if self.merge_mode == "merges":
             # Work on ids, with a pair keyed by one integer (faster than hashing tuples of bytes), and
             # keep the list of pair ranks up to date: a merge changes only its two neighbouring pairs.
@@ -216,63 +255,13 @@ class BPETokenizer(Tokenizer):
                     ranks[i] = get(parts[i] * width + parts[i + 1], _NONE)
             return tuple(p for p in parts if p >= 0) if self.missing_bytes else tuple(parts)
         # Rank mode (tiktoken): a pair's rank is the rank of its concatenated bytes.
-        parts = [data[i : i + 1] for i in range(len(data))]
-        get = ids.get
-        ranks = [get(a + b, _NONE) for a, b in zip(parts, parts[1:])]
-        while ranks:
-            best = min(ranks)
-            if best == _NONE:
-                break
-            i = ranks.index(best)
-            parts[i : i + 2] = [parts[i] + parts[i + 1]]
-            del ranks[i]
-            if i > 0:
-                ranks[i - 1] = get(parts[i - 1] + parts[i], _NONE)
-            if i < len(ranks):
-                ranks[i] = get(parts[i] + parts[i + 1], _NONE)
-        return self._to_ids(parts)
+        return self._to_ids(merge_by_concat([data[i : i + 1] for i in range(len(data))], ids))
 
     def _to_ids(self, parts: list[bytes]) -> tuple[int, ...]:
         ids = self._ids
         if self.missing_bytes:
             return tuple(ids[p] for p in parts if p in ids)
         return tuple(ids[p] for p in parts)
-
-    def _bpe_heap(self, data: bytes) -> list[bytes]:
-        """The same merges in O(n log n): a heap of (rank, position) over a doubly linked list.
-
-        Needed for long pieces (a 10,000-space run would take the quadratic loop 10^8 steps). Ties
-        between equal ranks go to the leftmost pair, as in the loop above.
-        """
-        n = len(data)
-        parts: list[bytes | None] = [data[i : i + 1] for i in range(n)]
-        nxt = list(range(1, n + 1))
-        prv = list(range(-1, n - 1))
-        heap: list[tuple[int, int, bytes, bytes]] = []
-
-        def push(i: int) -> None:
-            j = nxt[i]
-            if j < n:
-                r = self._rank(parts[i], parts[j])
-                if r is not None:
-                    heapq.heappush(heap, (r, i, parts[i], parts[j]))
-
-        for i in range(n - 1):
-            push(i)
-        while heap:
-            r, i, a, b = heapq.heappop(heap)
-            j = nxt[i] if parts[i] is not None else n
-            if j >= n or parts[i] != a or parts[j] != b:
-                continue  # stale: one side was merged since this entry was pushed
-            parts[i] = a + b
-            parts[j] = None
-            nxt[i] = nxt[j]
-            if nxt[j] < n:
-                prv[nxt[j]] = i
-            push(i)
-            if prv[i] >= 0:
-                push(prv[i])
-        return [p for p in parts if p is not None]
 
     # ------------------------------------------------------------------ public API
     def encode_ordinary(self, text: str) -> list[int]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from lmforge.fileio import atomic_write_text, read_json
+from lmforge.tokenizer.base import token_str
 from lmforge.tokenizer.bpe import BPETokenizer
 from lmforge.tokenizer.gguf_metadata import read_gguf_metadata, require
 from lmforge.tokenizer.patterns import CL100K_PATTERN, GGUF_PRE_PATTERNS, GPT2_PATTERN, O200K_PATTERN
@@ -64,16 +65,6 @@ def token_to_bytes(token: str, where: str) -> bytes:
 def bytes_to_token(b: bytes) -> str:
     table = bytes_to_unicode()
     return "".join(table[x] for x in b)
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def _parse_merges(raw: list, where: str, vocab_ids: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
@@ -161,7 +152,7 @@ def load_tiktoken(
 def load_gpt2(encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> BPETokenizer:
     """OpenAI's original GPT-2 files: encoder.json (token → id) and vocab.bpe (one merge per line)."""
     encoder_json, vocab_bpe = Path(encoder_json), Path(vocab_bpe)
-    vocab = _vocab_from_strings(_read_json(encoder_json), str(encoder_json))
+    vocab = _vocab_from_strings(read_json(encoder_json), str(encoder_json))
     if not vocab_bpe.is_file():
         raise FileNotFoundError(f"GPT-2 merges file not found: {vocab_bpe}")
     lines = vocab_bpe.read_text(encoding="utf-8").splitlines()
@@ -212,7 +203,7 @@ def _hf_stage(p: dict, where: str) -> list[str]:
 def load_hf_json(path: str | os.PathLike) -> BPETokenizer:
     """A Hugging Face tokenizer.json for a byte-level BPE model (GPT-2, Llama 3, SmolLM2, Qwen ...)."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     model = data.get("model") if isinstance(data, dict) else None
     # Old files (e.g. GPT-2's) omit model.type; a model with merges is BPE.
     if not isinstance(model, dict) or model.get("type", "BPE" if "merges" in model else None) != "BPE":
@@ -233,7 +224,7 @@ def load_hf_json(path: str | os.PathLike) -> BPETokenizer:
     for tok, i in specials.items():
         vocab[i] = tok.encode("utf-8")
     config = (
-        _read_json(path.parent / "tokenizer_config.json")
+        read_json(path.parent / "tokenizer_config.json")
         if (path.parent / "tokenizer_config.json").is_file()
         else {}
     )
@@ -244,14 +235,10 @@ def load_hf_json(path: str | os.PathLike) -> BPETokenizer:
         _hf_pretokenizer(data.get("pre_tokenizer"), str(path)),
         ignore_merges=bool(model.get("ignore_merges")),
         chat_template=config.get("chat_template") if isinstance(config.get("chat_template"), str) else None,
-        bos_token=_token_str(config.get("bos_token")),
-        eos_token=_token_str(config.get("eos_token")),
+        bos_token=token_str(config.get("bos_token")),
+        eos_token=token_str(config.get("eos_token")),
         name=path.parent.name,
     )
-
-
-def _token_str(t: Any) -> str | None:
-    return t.get("content") if isinstance(t, dict) else t
 
 
 # ---------------------------------------------------------------------- GGUF
@@ -310,7 +297,7 @@ def load_gguf_bpe(path: str | os.PathLike) -> BPETokenizer:
 # ---------------------------------------------------------------------- our own format
 def load_lmforge(path: str | os.PathLike) -> BPETokenizer:
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise ValueError(f'{path}: not an lmforge tokenizer file (expected "format": "{FORMAT_NAME}")')
     for key in ("vocab", "merges", "pattern"):
@@ -335,19 +322,6 @@ def load_lmforge(path: str | os.PathLike) -> BPETokenizer:
         eos_token=data.get("eos_token"),
         name=data.get("name"),
     )
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # a crash mid-write never leaves half a file under the real name
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_tokenizer(tok: BPETokenizer, path: str | os.PathLike, format: str = "lmforge") -> None:
@@ -424,7 +398,7 @@ def save_tokenizer(tok: BPETokenizer, path: str | os.PathLike, format: str = "lm
         }
     else:
         raise ValueError(f"unknown tokenizer format {format!r}; use 'lmforge' or 'hf'")
-    _atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
 # ---------------------------------------------------------------------- detection
@@ -449,7 +423,7 @@ def load_bpe(path: str | os.PathLike, **kwargs: Any) -> BPETokenizer:
         return load_gguf_bpe(path)
     if path.suffix == ".bpe":
         return load_gpt2(path.parent / "encoder.json", path)
-    data = _read_json(path)
+    data = read_json(path)
     if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
         return load_lmforge(path)
     if isinstance(data, dict) and "model" in data:

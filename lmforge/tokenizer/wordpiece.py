@@ -34,7 +34,6 @@ added in recent Unicode versions can differ: we classify them with Python's `uni
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import unicodedata
@@ -43,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from lmforge.fileio import read_json
 from lmforge.tokenizer.base import Tokenizer
 
 PathLike = str | os.PathLike
@@ -751,12 +751,7 @@ def read_vocab_txt(path: PathLike) -> list[str]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     return data
