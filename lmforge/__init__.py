@@ -1,3 +1,19 @@
 """lmforge: the whole life of a large language model as one readable, fast, tested Python system."""
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+
+def load_model(name_or_path, dtype=None, device=None):
+    """See lmforge.model.load_model (imported lazily: torch loads only when a model is asked for)."""
+    from lmforge.model import load_model as _load
+
+    return _load(name_or_path, dtype=dtype, device=device)
+
+
+def load_tokenizer(name_or_path):
+    """See lmforge.tokenizer.load_tokenizer."""
+    from lmforge.tokenizer import load_tokenizer as _load
+
+    return _load(name_or_path)

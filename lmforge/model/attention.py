@@ -1,0 +1,122 @@
+"""Multi-head attention with shared key/value heads, masks, and two ways to compute it.
+
+Attention (Vaswani et al. 2017): each head scores every query against every key, softmax(q·k/√d),
+and averages the values with those weights. Variants change who shares what and who sees whom:
+  - MHA: every query head has its own key/value head; MQA (Shazeer 2019): all share one;
+    GQA (Ainslie et al. 2023): groups of query heads share one — a smaller KV cache at little cost;
+  - causal masks let a token see only the past (decoders); bidirectional ones see all (encoders);
+    a sliding window (Mistral; Gemma's local layers) sees only the last w tokens;
+  - QK-norm normalizes q and k per head; soft-capping squashes logits with c·tanh(x/c) (Gemma 2).
+
+`attention_math` is the formula written out (teaching path, and the path for soft-capping);
+`Attention.forward` uses PyTorch's fused scaled_dot_product_attention otherwise. Tests prove they agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.layers import RMSNorm
+from lmforge.model.rope import apply_rope
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, H_kv, T, D) → (B, H_kv * n_rep, T, D): GQA as MHA with each key/value head repeated."""
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+def attention_math(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale + mask) v, written out. q (B, H, T, D); k, v (B, H_kv, S, D); mask additive."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if mask is not None:
+        scores = scores + mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return weights @ v  # (B, H, T, D)
+
+
+def build_mask(
+    attention_mask: torch.Tensor | None,
+    t: int,
+    causal: bool,
+    window: int | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    b: int = 1,
+) -> torch.Tensor | None:
+    """Additive mask (B, 1, T, T): 0 where a query may look, the dtype's minimum where it may not.
+
+    attention_mask (B, T) marks real tokens with 1 and padding with 0. We use the most negative finite
+    number rather than -inf so a row with nothing to see (a padding query) gives a uniform average, not
+    NaN, as Hugging Face does.
+    """
+    if not causal and window is None and attention_mask is None:
+        return None
+    q = torch.arange(t, device=device)[:, None]
+    k = torch.arange(t, device=device)[None, :]
+    allowed = torch.ones(t, t, dtype=torch.bool, device=device)
+    if causal:
+        allowed &= k <= q
+    if window is not None:
+        allowed &= k > q - window  # the query itself and the window - 1 tokens before it
+    allowed = allowed[None, None].expand(b, 1, t, t)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, :].bool()
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.head_dim)
+        self.softcap = cfg.attn_softcap
+        self.sliding = cfg.is_sliding(layer)
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.attn_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attn_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attn_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_offset) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_offset) if cfg.qk_norm else None
+        self.use_sdpa = True  # False: the written-out formula (tests compare the two)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.use_sdpa and self.softcap is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.n_kv_heads != self.n_heads
+            )
+        else:
+            y = attention_math(q, k, v, mask, self.scale, self.softcap)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))

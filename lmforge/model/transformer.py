@@ -1,0 +1,165 @@
+"""The transformer, once: embeddings → N × (attention, feed-forward) blocks → norm → logits.
+
+Every family (GPT-2, Llama/SmolLM2, Mistral, Qwen2, Mixtral, Gemma 3) is this module with a different
+ModelConfig; nothing here knows a family's name. Read it top to bottom:
+
+    h = embed(ids) · embed_scale (+ learned/sinusoidal positions)
+    for each block:                       pre-norm (GPT-2, Llama)     post-norm (BERT)      sandwich (Gemma)
+        h = h + attn(norm(h))             h = norm(h + attn(h))       h = h + norm(attn(norm(h)))
+        h = h + ffn(norm(h))              (same with ffn)             (same with ffn)
+    logits = norm(h) @ Wᵀ                 (W = the embedding matrix when tied)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lmforge.model.attention import Attention, build_mask
+from lmforge.model.config import ModelConfig
+from lmforge.model.layers import MLP, MoE, load_balancing_loss, make_norm
+from lmforge.model.rope import dynamic_frequencies, rope_cos_sin, rope_frequencies
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.norm_position = cfg.norm_position
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg, layer)
+        self.ffn_norm = make_norm(cfg)
+        self.ffn = MoE(cfg) if cfg.n_experts else MLP(cfg)
+        if cfg.norm_position == "sandwich":
+            self.post_attn_norm, self.post_ffn_norm = make_norm(cfg), make_norm(cfg)
+
+    def forward(self, h: torch.Tensor, rope, mask) -> torch.Tensor:
+        if self.norm_position == "pre":
+            h = h + self.attn(self.attn_norm(h), rope, mask)
+            return h + self.ffn(self.ffn_norm(h))
+        if self.norm_position == "post":
+            h = self.attn_norm(h + self.attn(h, rope, mask))
+            return self.ffn_norm(h + self.ffn(h))
+        h = h + self.post_attn_norm(self.attn(self.attn_norm(h), rope, mask))
+        return h + self.post_ffn_norm(self.ffn(self.ffn_norm(h)))
+
+
+def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
+    """Vaswani et al.'s fixed positions: sin/cos at geometrically spaced frequencies. (n, dim)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(n, dim)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+    return pe
+
+
+class Transformer(nn.Module):
+    """A decoder-only language model: forward(input_ids (B, T)) → logits (B, T, V)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.dim) if cfg.position == "learned" else None
+        if cfg.position == "sinusoidal":
+            self.register_buffer("sinusoid", sinusoidal_positions(cfg.max_seq_len, cfg.dim), persistent=False)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.position == "rope":
+            rot = int(cfg.head_dim * cfg.rope_fraction)
+            inv, scale = rope_frequencies(rot, cfg.rope_theta, cfg.rope_scaling, cfg.max_seq_len)
+            self.register_buffer("inv_freq", inv, persistent=False)
+            self.rope_scale = scale
+            if cfg.rope_local_theta is not None:  # Gemma 3's sliding layers use their own base, unscaled
+                local, _ = rope_frequencies(rot, cfg.rope_local_theta, None, cfg.max_seq_len)
+                self.register_buffer("inv_freq_local", local, persistent=False)
+        self.tokenizer = None  # set by load_model when a tokenizer comes with the weights
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def _rope(self, positions: torch.Tensor, t: int):
+        cfg = self.config
+        if cfg.position != "rope":
+            return None, None
+        inv = self.inv_freq
+        if (cfg.rope_scaling or {}).get("rope_type") == "dynamic":
+            inv = dynamic_frequencies(
+                inv.shape[0] * 2,
+                cfg.rope_theta,
+                cfg.rope_scaling["factor"],
+                cfg.max_seq_len,
+                int(positions.max()) + 1,
+            )
+        rope = rope_cos_sin(inv, positions, self.rope_scale)
+        local = rope_cos_sin(self.inv_freq_local, positions) if cfg.rope_local_theta is not None else rope
+        return rope, local
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final hidden states (B, T, D), before the output norm."""
+        cfg = self.config
+        b, t = input_ids.shape
+        if t > cfg.max_seq_len and cfg.position in ("learned", "sinusoidal"):
+            raise ValueError(f"sequence of {t} tokens is longer than the model's {cfg.max_seq_len} positions")
+        positions = (
+            position_ids
+            if position_ids is not None
+            else torch.arange(t, device=input_ids.device)[None].expand(b, t)
+        )
+        h = self.embed(input_ids)  # (B, T, D)
+        if cfg.embed_scale != 1.0:
+            # Gemma rounds the scale to the model dtype before multiplying, as its reference code does.
+            h = h * torch.tensor(cfg.embed_scale, dtype=h.dtype)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed(positions)
+        elif cfg.position == "sinusoidal":
+            h = h + self.sinusoid[positions].to(h.dtype)
+        rope, rope_local = self._rope(positions, t)
+        full = build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b)
+        sliding = (
+            build_mask(attention_mask, t, cfg.causal, cfg.sliding_window, h.dtype, h.device, b)
+            if cfg.sliding_window is not None
+            else full
+        )
+        for layer in self.layers:
+            local = layer.attn.sliding
+            h = layer(h, rope_local if local else rope, sliding if local else full)
+        return h
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.norm(self.hidden_states(input_ids, attention_mask, position_ids))
+        logits = self.lm_head(h) if self.lm_head is not None else h @ self.embed.weight.T  # (B, T, V)
+        if self.config.final_softcap is not None:
+            c = self.config.final_softcap
+            logits = c * torch.tanh(logits / c)
+        return logits
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """Load-balancing loss over every MoE layer's routing in the last forward (None if dense).
+
+        As in transformers, the routings of all layers are pooled before the loss; a trainer adds it
+        times config.router_aux_loss_coef.
+        """
+        routings = [blk.ffn.routing for blk in self.layers if isinstance(blk.ffn, MoE) and blk.ffn.routing]
+        if not routings:
+            return None
+        probs = torch.cat([p for p, _ in routings])
+        experts = torch.cat([e for _, e in routings])
+        return load_balancing_loss(probs, experts, self.config.n_experts)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if non_embedding else n

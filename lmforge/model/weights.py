@@ -1,0 +1,167 @@
+"""Loading real weights: Hugging Face safetensors folders and GGUF files, into one Transformer.
+
+Safetensors (a header of names, dtypes and offsets, then raw tensors) is read with the safetensors
+library; nothing is ever unpickled. GGUF tensors are dequantized to float (quant.py, or the gguf
+library's reference until ours covers a type) and renamed. llama.cpp stores Llama's query and key
+weights permuted so that its RoPE can rotate neighbouring features; we undo that permutation so the
+weights match Hugging Face's rotate-half layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.families import config_from_gguf, config_from_hf, gguf_name_to_ours, hf_name_to_ours
+from lmforge.model.transformer import Transformer
+
+
+def _fill(
+    model: Transformer, tensors: dict[str, torch.Tensor], where: str, dtype: torch.dtype
+) -> Transformer:
+    """Copy named tensors into the model, checking that every parameter is there with the right shape."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    if missing:
+        raise ValueError(f"{where}: missing tensors for {len(missing)} parameters, e.g. {missing[:3]}")
+    for name, t in tensors.items():
+        if name not in own:
+            raise ValueError(f"{where}: tensor {name!r} has no place in a {model.config.family} model")
+        if tuple(t.shape) != tuple(own[name].shape):
+            raise ValueError(
+                f"{where}: tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(own[name].shape)}"
+            )
+    model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=True)
+    return model
+
+
+def load_hf_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:
+    """A Hugging Face model folder: config.json + model.safetensors (or shards with an index)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (a Hugging Face model folder needs one)")
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    cfg = config_from_hf(raw, str(cfg_path))
+    files = sorted(path.glob("*.safetensors"))
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(
+            {path / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}
+        )
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors weights (pickled .bin files are never loaded)")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():
+                    ours = hf_name_to_ours(name)
+                    if ours is None:
+                        if name.endswith("rotary_emb.inv_freq"):
+                            continue  # a cached buffer some old checkpoints carry
+                        raise ValueError(f"{f}: unknown tensor {name!r} for a {cfg.family} model")
+                    tensors[ours] = st.get_tensor(name)
+        except SafetensorError as e:
+            raise ValueError(f"{f} is not a readable safetensors file: {e}") from None
+    if "lm_head.weight" not in tensors:
+        cfg.tie_embeddings = True
+    elif cfg.tie_embeddings:
+        tensors.pop("lm_head.weight")
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = _fill(model, tensors, str(path), dtype)
+    _rebuild_buffers(model)
+    return model.eval()
+
+
+def _rebuild_buffers(model: Transformer) -> None:
+    """Non-persistent buffers (RoPE frequencies) were created on the meta device: make them real."""
+    cfg = model.config
+    if cfg.position == "rope":
+        from lmforge.model.rope import rope_frequencies
+
+        rot = int(cfg.head_dim * cfg.rope_fraction)
+        model.inv_freq = rope_frequencies(rot, cfg.rope_theta, cfg.rope_scaling, cfg.max_seq_len)[0]
+        if cfg.rope_local_theta is not None:
+            model.inv_freq_local = rope_frequencies(rot, cfg.rope_local_theta, None, cfg.max_seq_len)[0]
+
+
+def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K permutation: rows (head, pair-half, i) → (head, i, pair-half)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:
+    """A GGUF model file (llama.cpp): metadata → config, tensors dequantized and renamed."""
+    import gguf
+
+    from lmforge.tokenizer.gguf_metadata import read_gguf_metadata
+
+    path = Path(path)
+    meta = read_gguf_metadata(path)
+    cfg = config_from_gguf(meta, str(path))
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable GGUF file: {e}") from None
+    tensors: dict[str, torch.Tensor] = {}
+    for t in reader.tensors:
+        ours = gguf_name_to_ours(t.name)
+        if ours is None:
+            if t.name.startswith("rope_freqs"):
+                continue
+            raise ValueError(f"{path}: unknown tensor {t.name!r} for a {cfg.family} model")
+        w = dequantize(t, path)
+        if ours.endswith("attn.q_proj.weight"):
+            w = unpermute_qk(w, cfg.n_heads)
+        elif ours.endswith("attn.k_proj.weight"):
+            w = unpermute_qk(w, cfg.n_kv_heads)
+        tensors[ours] = torch.from_numpy(np.ascontiguousarray(w))
+    cfg.tie_embeddings = "lm_head.weight" not in tensors
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = _fill(model, tensors, str(path), dtype)
+    _rebuild_buffers(model)
+    return model.eval()
+
+
+def dequantize(tensor, path: Path) -> np.ndarray:
+    """A GGUF tensor as float32 in row-major (PyTorch) order."""
+    try:
+        from lmforge.model.quant import dequantize_tensor
+    except ImportError:  # pragma: no cover - until quant.py lands
+        dequantize_tensor = None
+    try:
+        if dequantize_tensor is not None:
+            return dequantize_tensor(tensor)
+        import gguf
+
+        return gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(
+            tuple(reversed(tensor.shape.tolist()))
+        )
+    except ValueError as e:
+        raise ValueError(f"{path}: tensor {tensor.name!r}: {e}") from None
+
+
+def load_weights(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:
+    path = Path(path)
+    if path.is_dir():
+        return load_hf_folder(path, dtype)
+    if path.suffix == ".gguf":
+        return load_gguf(path, dtype)
+    raise ValueError(f"{path}: expected a .gguf file or a Hugging Face folder (config.json + *.safetensors)")
+
+
+__all__ = ["load_weights", "load_gguf", "load_hf_folder", "ModelConfig"]
