@@ -13,7 +13,7 @@ from typing import Any
 from lmforge.model.config import ModelConfig
 
 HF_FAMILIES = ("llama", "mistral", "qwen2", "mixtral")
-GGUF_FAMILIES = ("llama",)
+GGUF_FAMILIES = ("llama", "gemma3")
 
 
 def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
@@ -121,7 +121,7 @@ def config_from_gguf(meta: dict[str, Any], where: str) -> ModelConfig:
     n_heads = get("attention.head_count")
     dim = get("embedding_length")
     tokens = meta.get("tokenizer.ggml.tokens")
-    return ModelConfig(
+    cfg = ModelConfig(
         family=arch,
         vocab_size=get("vocab_size", len(tokens) if tokens else 0) or len(tokens),
         dim=dim,
@@ -135,6 +135,19 @@ def config_from_gguf(meta: dict[str, Any], where: str) -> ModelConfig:
         rope_theta=float(get("rope.freq_base", 10000.0)),
         tie_embeddings=True,  # decided by the loader: untied when the file has output.weight
     )
+    if arch == "gemma3":
+        # Gemma 3 (Gemma Team 2025): GeGLU, (1 + w) norms around both sub-layers, QK-norm, embeddings
+        # scaled by √dim, and five sliding-window (local) layers per global one; the local layers use
+        # RoPE base 10,000 (llama.cpp and transformers fix these; the GGUF does not store them).
+        cfg.activation = "gelu_tanh"
+        cfg.norm_offset = 1.0
+        cfg.norm_position = "sandwich"
+        cfg.qk_norm = True
+        cfg.embed_scale = dim**0.5
+        cfg.sliding_window = get("attention.sliding_window")
+        cfg.layer_types = ["full" if (i + 1) % 6 == 0 else "sliding" for i in range(cfg.n_layers)]
+        cfg.rope_local_theta = 10000.0
+    return cfg
 
 
 _GGUF_NAMES = [
@@ -148,6 +161,10 @@ _GGUF_NAMES = [
     (r"blk\.(\d+)\.ffn_gate\.weight", r"layers.\1.ffn.gate_proj.weight"),
     (r"blk\.(\d+)\.ffn_up\.weight", r"layers.\1.ffn.up_proj.weight"),
     (r"blk\.(\d+)\.ffn_down\.weight", r"layers.\1.ffn.down_proj.weight"),
+    (r"blk\.(\d+)\.attn_q_norm\.weight", r"layers.\1.attn.q_norm.weight"),
+    (r"blk\.(\d+)\.attn_k_norm\.weight", r"layers.\1.attn.k_norm.weight"),
+    (r"blk\.(\d+)\.post_attention_norm\.weight", r"layers.\1.post_attn_norm.weight"),
+    (r"blk\.(\d+)\.post_ffw_norm\.weight", r"layers.\1.post_ffn_norm.weight"),
 ]
 _GGUF_COMPILED = [(re.compile(p + r"\Z"), r) for p, r in _GGUF_NAMES]
 

@@ -139,8 +139,12 @@ class Transformer(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
-        h = self.norm(self.hidden_states(input_ids, attention_mask, position_ids))
+        """Logits (B, T, V); with logits_to_keep = k > 0 only the last k positions (B, k, V), which is
+        all generation needs and saves a (T × V) matrix product."""
+        h = self.hidden_states(input_ids, attention_mask, position_ids)
+        h = self.norm(h[:, -logits_to_keep:] if logits_to_keep else h)
         logits = self.lm_head(h) if self.lm_head is not None else h @ self.embed.weight.T  # (B, T, V)
         if self.config.final_softcap is not None:
             c = self.config.final_softcap

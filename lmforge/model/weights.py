@@ -104,30 +104,34 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:
-    """A GGUF model file (llama.cpp): metadata → config, tensors dequantized and renamed."""
-    import gguf
+    """A GGUF model file (llama.cpp): metadata → config, tensors dequantized and renamed.
 
-    from lmforge.tokenizer.gguf_metadata import read_gguf_metadata
+    The file is memory-mapped: each tensor's bytes are read once, straight into the dequantizer.
+    """
+    from lmforge.model.quant import dequantize
+    from lmforge.tokenizer.gguf_metadata import read_gguf_tensor_infos
 
     path = Path(path)
-    meta = read_gguf_metadata(path)
+    meta, infos = read_gguf_tensor_infos(path)
     cfg = config_from_gguf(meta, str(path))
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable GGUF file: {e}") from None
+    data = np.memmap(path, dtype=np.uint8, mode="r")
     tensors: dict[str, torch.Tensor] = {}
-    for t in reader.tensors:
-        ours = gguf_name_to_ours(t.name)
+    for info in infos:
+        ours = gguf_name_to_ours(info.name)
         if ours is None:
-            if t.name.startswith("rope_freqs"):
+            if info.name.startswith("rope_freqs"):
                 continue
-            raise ValueError(f"{path}: unknown tensor {t.name!r} for a {cfg.family} model")
-        w = dequantize(t, path)
-        if ours.endswith("attn.q_proj.weight"):
+            raise ValueError(f"{path}: unknown tensor {info.name!r} for a {cfg.family} model")
+        try:
+            w = dequantize(data[info.offset : info.offset + info.nbytes], info.qtype, info.shape)
+        except ValueError as e:
+            raise ValueError(f"{path}: tensor {info.name!r}: {e}") from None
+        if cfg.family == "llama" and ours.endswith("attn.q_proj.weight"):
             w = unpermute_qk(w, cfg.n_heads)
-        elif ours.endswith("attn.k_proj.weight"):
+        elif cfg.family == "llama" and ours.endswith("attn.k_proj.weight"):
             w = unpermute_qk(w, cfg.n_kv_heads)
+        elif cfg.norm_offset and ours.endswith("norm.weight"):
+            w = w - cfg.norm_offset  # llama.cpp stores Gemma's norms as 1 + w; we keep w and add 1 back
         tensors[ours] = torch.from_numpy(np.ascontiguousarray(w))
     cfg.tie_embeddings = "lm_head.weight" not in tensors
     with torch.device("meta"):
@@ -135,24 +139,6 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Tr
     model = _fill(model, tensors, str(path), dtype)
     _rebuild_buffers(model)
     return model.eval()
-
-
-def dequantize(tensor, path: Path) -> np.ndarray:
-    """A GGUF tensor as float32 in row-major (PyTorch) order."""
-    try:
-        from lmforge.model.quant import dequantize_tensor
-    except ImportError:  # pragma: no cover - until quant.py lands
-        dequantize_tensor = None
-    try:
-        if dequantize_tensor is not None:
-            return dequantize_tensor(tensor)
-        import gguf
-
-        return gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(
-            tuple(reversed(tensor.shape.tolist()))
-        )
-    except ValueError as e:
-        raise ValueError(f"{path}: tensor {tensor.name!r}: {e}") from None
 
 
 def load_weights(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:

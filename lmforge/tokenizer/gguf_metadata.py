@@ -14,14 +14,17 @@ seconds for a 262k-token vocabulary; this takes a fraction of one. Value type co
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES
 from gguf import GGUFValueType as T
 
 GGUF_MAGIC = b"GGUF"
@@ -77,28 +80,72 @@ class _Cursor:
         raise ValueError(f"{self.path}: metadata field '{key}' has unknown value type {vtype}")
 
 
-@lru_cache(maxsize=8)
-def _read(path: str, mtime: float) -> dict[str, Any]:
-    p = Path(path)
-    with open(p, "rb") as f:
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor's bytes are: name, shape in row-major (PyTorch) order, GGML type, byte range."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: int
+    offset: int  # from the start of the file
+    nbytes: int
+
+
+def _parse(path: Path, with_tensors: bool) -> tuple[dict[str, Any], list[TensorInfo]]:
+    with open(path, "rb") as f:
         try:
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # an empty file cannot be mapped
-            raise ValueError(f"{p} is not a readable GGUF file: it is empty") from None
+            raise ValueError(f"{path} is not a readable GGUF file: it is empty") from None
     with buf:
-        cur = _Cursor(buf, p)
+        cur = _Cursor(buf, path)
         if bytes(cur.take(4, "magic")) != GGUF_MAGIC:
-            raise ValueError(f"{p} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
+            raise ValueError(f"{path} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
         version = cur.scalar("<I", "version")
         if version not in (2, 3):
-            raise ValueError(f"{p}: GGUF version {version} is not supported (2 and 3 are)")
-        cur.scalar("<Q", "tensor count")
+            raise ValueError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
+        n_tensors = cur.scalar("<Q", "tensor count")
         n_kv = cur.scalar("<Q", "key/value count")
         meta: dict[str, Any] = {}
         for _ in range(n_kv):
             key = cur.string("a metadata key")
             meta[key] = cur.value(cur.scalar("<I", key), key)
-        return meta
+        if not with_tensors:
+            return meta, []
+        # Tensor infos: name, dims (innermost first), type, offset into the aligned data section.
+        raw = []
+        for _ in range(n_tensors):
+            name = cur.string("a tensor name")
+            n_dims = cur.scalar("<I", name)
+            dims = [cur.scalar("<Q", name) for _ in range(n_dims)]
+            raw.append((name, tuple(reversed(dims)), cur.scalar("<I", name), cur.scalar("<Q", name)))
+        align = int(meta.get("general.alignment", 32))
+        start = -(-cur.pos // align) * align
+        infos = []
+        for name, shape, qtype, offset in raw:
+            if qtype not in GGML_QUANT_SIZES:
+                raise ValueError(f"{path}: tensor {name!r} has unknown type {qtype}")
+            block, size = GGML_QUANT_SIZES[qtype]
+            nbytes = math.prod(shape) // block * size
+            if start + offset + nbytes > len(buf):
+                raise ValueError(
+                    f"{path} is truncated or corrupt: tensor {name!r} runs past the end of the file"
+                )
+            infos.append(TensorInfo(name, shape, qtype, start + offset, nbytes))
+        return meta, infos
+
+
+@lru_cache(maxsize=8)
+def _read(path: str, mtime: float) -> dict[str, Any]:
+    return _parse(Path(path), with_tensors=False)[0]
+
+
+def read_gguf_tensor_infos(path: str | os.PathLike) -> tuple[dict[str, Any], list[TensorInfo]]:
+    """Metadata and the location of every tensor; the tensor bytes themselves are not read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    return _parse(path, with_tensors=True)
 
 
 def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:

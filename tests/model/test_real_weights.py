@@ -65,3 +65,19 @@ def test_load_model_by_name_answers_a_question():
         for _ in range(10):
             ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert "Paris" in tok.decode(ids[0, -10:].tolist())
+
+
+def test_gemma3_logits_match(gemma_gguf):
+    """Gemma 3 270M: sandwich norms, QK-norm, GeGLU, local/global layers with two RoPE bases."""
+    ours = load_gguf(gemma_gguf)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gemma_gguf.parent), gguf_file=gemma_gguf.name, dtype=torch.float32
+    ).eval()
+    tok = load_tokenizer(gemma_gguf)
+    long = " ".join(["The quick brown fox jumps over the lazy dog."] * 55)  # > 512 tokens: the window matters
+    for prompt in PROMPTS[:3] + [long]:
+        ids = torch.tensor([tok.encode(prompt, add_special_tokens=True)])
+        with torch.no_grad():  # the last 16 positions: a 262k vocabulary makes full logits large
+            diff = (ours(ids, logits_to_keep=16) - hf(ids, logits_to_keep=16).logits).abs().max().item()
+        assert diff <= 1e-3, (prompt[:30], ids.shape, diff)
+    assert ids.shape[1] > 512
