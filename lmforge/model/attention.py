@@ -104,11 +104,17 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
+        kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x (B, T, D) → (B, T, D). kv (B, S, D): attend to another sequence (cross-attention, the
+        encoder's output in an encoder–decoder); by default x attends to itself. mask is additive and
+        (B or 1, 1 or H, T, S): it can carry a learned position bias too (T5)."""
         b, t, _ = x.shape
+        src = x if kv is None else kv
+        s = src.shape[1]
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(src).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
+        v = self.v_proj(src).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
