@@ -12,7 +12,7 @@ from typing import Any
 
 from lmforge.model.config import ModelConfig
 
-HF_FAMILIES = ("llama", "mistral", "qwen2", "mixtral")
+HF_FAMILIES = ("llama", "mistral", "qwen2", "mixtral", "gemma3_text", "gpt2")
 GGUF_FAMILIES = ("llama", "gemma3")
 
 
@@ -33,6 +33,10 @@ def config_from_hf(cfg: dict[str, Any], where: str = "config.json") -> ModelConf
         raise ValueError(
             f"{where}: model_type {family!r} is not supported; supported: {', '.join(HF_FAMILIES)}"
         )
+    if family == "gpt2":
+        return _gpt2_config(cfg, where)
+    if family == "gemma3_text":
+        return _gemma3_config(cfg, where)
     theta, scaling = _rope(cfg)
     act = cfg.get("hidden_act", "silu")
     act = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}.get(act, act)
@@ -71,6 +75,74 @@ def config_from_hf(cfg: dict[str, Any], where: str = "config.json") -> ModelConf
     return c
 
 
+def _gpt2_config(cfg: dict[str, Any], where: str) -> ModelConfig:
+    """GPT-2 (Radford et al. 2019): learned positions, pre-norm LayerNorm, GELU (tanh) MLP, biases."""
+    try:
+        dim = cfg["n_embd"]
+        return ModelConfig(
+            family="gpt2",
+            vocab_size=cfg["vocab_size"],
+            dim=dim,
+            n_layers=cfg["n_layer"],
+            n_heads=cfg["n_head"],
+            ffn_dim=cfg.get("n_inner") or 4 * dim,
+            max_seq_len=cfg["n_positions"],
+            norm="layernorm",
+            norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+            activation="gelu_tanh",
+            gated_ffn=False,
+            mlp_bias=True,
+            attn_bias=True,
+            o_bias=True,
+            position="learned",
+            tie_embeddings=True,
+        )
+    except KeyError as e:
+        raise ValueError(f"{where}: missing field {e.args[0]!r}") from None
+
+
+def _gemma3_config(cfg: dict[str, Any], where: str) -> ModelConfig:
+    """Gemma 3's text model: sandwich (1 + w) norms, QK-norm, GeGLU, √d embeddings, local/global layers."""
+    params = cfg.get("rope_parameters") or {}
+    full = params.get("full_attention") or {"rope_theta": cfg.get("rope_theta", 1_000_000.0)}
+    local = params.get("sliding_attention") or {"rope_theta": cfg.get("rope_local_base_freq", 10_000.0)}
+    scaling = full if full.get("rope_type", "default") != "default" else cfg.get("rope_scaling")
+    try:
+        n_layers = cfg["num_hidden_layers"]
+        pattern = cfg.get("sliding_window_pattern", 6)
+        types = cfg.get("layer_types") or [
+            "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)
+        ]
+        return ModelConfig(
+            family="gemma3_text",
+            vocab_size=cfg["vocab_size"],
+            dim=cfg["hidden_size"],
+            n_layers=n_layers,
+            n_heads=cfg["num_attention_heads"],
+            n_kv_heads=cfg.get("num_key_value_heads"),
+            head_dim=cfg.get("head_dim", 256),
+            ffn_dim=cfg["intermediate_size"],
+            max_seq_len=cfg.get("max_position_embeddings", 131072),
+            norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            norm_offset=1.0,
+            norm_position="sandwich",
+            qk_norm=True,
+            activation="gelu_tanh",
+            attn_scale=cfg.get("query_pre_attn_scalar", 256) ** -0.5,
+            attn_softcap=cfg.get("attn_logit_softcapping"),
+            final_softcap=cfg.get("final_logit_softcapping"),
+            sliding_window=cfg.get("sliding_window"),
+            layer_types=["sliding" if t == "sliding_attention" else "full" for t in types],
+            rope_theta=float(full["rope_theta"]),
+            rope_local_theta=float(local["rope_theta"]),
+            rope_scaling=scaling,
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+            embed_scale=cfg["hidden_size"] ** 0.5,
+        )
+    except KeyError as e:
+        raise ValueError(f"{where}: missing field {e.args[0]!r}") from None
+
+
 # Hugging Face tensor names → ours (first match wins). Mixtral's hub files keep one tensor per expert.
 _HF_NAMES = [
     (r"model\.embed_tokens\.weight", "embed.weight"),
@@ -94,14 +166,64 @@ _HF_NAMES = [
         r"layers.\1.ffn.experts.\2.down_proj.weight",
     ),
 ]
-_HF_COMPILED = [(re.compile(p + r"\Z"), r) for p, r in _HF_NAMES]
+# Gemma's four norms per layer: its "post_attention_layernorm" is the norm *after* attention, not the
+# pre-FFN norm that Llama's tensor of the same name is.
+_GEMMA3_NAMES = [
+    (r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight", r"layers.\1.attn.\2_norm.weight"),
+    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers.\1.post_attn_norm.weight"),
+    (r"model\.layers\.(\d+)\.pre_feedforward_layernorm\.weight", r"layers.\1.ffn_norm.weight"),
+    (r"model\.layers\.(\d+)\.post_feedforward_layernorm\.weight", r"layers.\1.post_ffn_norm.weight"),
+]
+_GPT2_NAMES = [
+    (r"(?:transformer\.)?wte\.weight", "embed.weight"),
+    (r"(?:transformer\.)?wpe\.weight", "pos_embed.weight"),
+    (r"(?:transformer\.)?ln_f\.(weight|bias)", r"norm.\1"),
+    (r"(?:transformer\.)?h\.(\d+)\.ln_1\.(weight|bias)", r"layers.\1.attn_norm.\2"),
+    (r"(?:transformer\.)?h\.(\d+)\.ln_2\.(weight|bias)", r"layers.\1.ffn_norm.\2"),
+    (r"(?:transformer\.)?h\.(\d+)\.attn\.c_attn\.(weight|bias)", r"layers.\1.attn.qkv.\2"),  # split below
+    (r"(?:transformer\.)?h\.(\d+)\.attn\.c_proj\.(weight|bias)", r"layers.\1.attn.o_proj.\2"),
+    (r"(?:transformer\.)?h\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"layers.\1.ffn.up_proj.\2"),
+    (r"(?:transformer\.)?h\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"layers.\1.ffn.down_proj.\2"),
+    (r"lm_head\.weight", "lm_head.weight"),
+]
 
 
-def hf_name_to_ours(name: str) -> str | None:
-    for pat, repl in _HF_COMPILED:
-        if pat.match(name):
-            return pat.sub(repl, name)
-    return None
+def _compile(table: list[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
+    return [(re.compile(p + r"\Z"), r) for p, r in table]
+
+
+_HF_TABLES = {"gemma3_text": _compile(_GEMMA3_NAMES + _HF_NAMES), "gpt2": _compile(_GPT2_NAMES)}
+_HF_DEFAULT = _compile(_HF_NAMES)
+_IGNORED = re.compile(
+    r".*(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)\Z"
+)  # cached buffers, not weights
+
+
+def hf_tensors_to_ours(cfg: ModelConfig, tensors: dict[str, Any], where: str) -> dict[str, Any]:
+    """Rename a family's Hugging Face tensors to ours (and reshape the few that differ)."""
+    table = _HF_TABLES.get(cfg.family, _HF_DEFAULT)
+    out = {}
+    for name, t in tensors.items():
+        for pat, repl in table:
+            if pat.match(name):
+                out[pat.sub(repl, name)] = t
+                break
+        else:
+            if not _IGNORED.match(name):
+                raise ValueError(f"{where}: unknown tensor {name!r} for a {cfg.family} model")
+    if cfg.family == "gpt2":
+        # GPT-2 stores its linear layers as Conv1D, (in, out): transpose to nn.Linear's (out, in), and
+        # split the fused query/key/value projection into three.
+        for name in list(out):
+            t = out[name]
+            if ".attn.qkv." in name:
+                parts = (t.T if name.endswith("weight") else t).chunk(3, dim=0)
+                for letter, part in zip("qkv", parts, strict=True):
+                    out[name.replace("qkv", f"{letter}_proj")] = part.contiguous()
+                del out[name]
+            elif name.startswith("layers.") and name.endswith(".weight") and t.ndim == 2:
+                out[name] = t.T.contiguous()
+    return out
 
 
 # ---------------------------------------------------------------------- GGUF

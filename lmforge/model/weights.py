@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lmforge.model.config import ModelConfig
-from lmforge.model.families import config_from_gguf, config_from_hf, gguf_name_to_ours, hf_name_to_ours
+from lmforge.model.families import config_from_gguf, config_from_hf, gguf_name_to_ours, hf_tensors_to_ours
 from lmforge.model.transformer import Transformer
 
 
@@ -65,15 +65,10 @@ def load_hf_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) 
     for f in files:
         try:
             with safe_open(str(f), framework="pt") as st:
-                for name in st.keys():
-                    ours = hf_name_to_ours(name)
-                    if ours is None:
-                        if name.endswith("rotary_emb.inv_freq"):
-                            continue  # a cached buffer some old checkpoints carry
-                        raise ValueError(f"{f}: unknown tensor {name!r} for a {cfg.family} model")
-                    tensors[ours] = st.get_tensor(name)
+                hf = {name: st.get_tensor(name) for name in st.keys()}
         except SafetensorError as e:
             raise ValueError(f"{f} is not a readable safetensors file: {e}") from None
+        tensors.update(hf_tensors_to_ours(cfg, hf, str(f)))
     if "lm_head.weight" not in tensors:
         cfg.tie_embeddings = True
     elif cfg.tie_embeddings:

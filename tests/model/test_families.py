@@ -36,6 +36,15 @@ def tiny(kind: str, **overrides):
             **COMMON, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
         )
         return T.MixtralForCausalLM(cfg)
+    if kind == "gemma3":
+        cfg = T.Gemma3TextConfig(**COMMON, num_key_value_heads=2, head_dim=16, sliding_window=6, query_pre_attn_scalar=12,
+                                 layer_types=["sliding_attention", "sliding_attention", "full_attention"])  # fmt: skip
+        return T.Gemma3ForCausalLM(cfg)
+    if kind == "gpt2":
+        cfg = T.GPT2Config(
+            vocab_size=211, n_embd=64, n_layer=3, n_head=8, n_positions=128, bos_token_id=0, eos_token_id=0
+        )
+        return T.GPT2LMHeadModel(cfg)
     raise ValueError(kind)
 
 
@@ -58,7 +67,9 @@ def inputs(b: int = 3, t: int = 17, vocab: int = 211, pad: bool = True):
     return ids, mask
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama-bias-untied", "mistral", "qwen2", "mixtral"])
+@pytest.mark.parametrize(
+    "kind", ["llama", "llama-bias-untied", "mistral", "qwen2", "mixtral", "gemma3", "gpt2"]
+)
 def test_logits_match_transformers(kind, tmp_path):
     hf = tiny(kind)
     ours = roundtrip(hf, tmp_path)
