@@ -88,6 +88,18 @@ def cmd_tokenizer_info(args: argparse.Namespace) -> None:
         print(tok.apply_chat_template(messages, add_generation_prompt=True))
 
 
+def cmd_info(args: argparse.Namespace) -> None:
+    from lmforge.model import load_model
+    from lmforge.model.stats import count
+
+    model = load_model(args.model)
+    cfg = model.config
+    print(
+        f"{args.model}: {cfg.family}, {cfg.n_layers} layers, d={cfg.dim}, {cfg.n_heads} heads / {cfg.n_kv_heads} KV heads"
+    )
+    print(count(model, args.seq_len).summary(args.seq_len))
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from lmforge.registry import MODELS, resolve
 
@@ -159,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list the models lmforge knows and where their files are")
     m.set_defaults(func=cmd_models)
+
+    i = sub.add_parser("info", help="parameter and FLOP counts of a model")
+    i.add_argument("model", help="model name, .gguf file or Hugging Face folder")
+    i.add_argument("--seq-len", type=int, default=512, help="context length for the FLOP count")
+    i.set_defaults(func=cmd_info)
 
     t = sub.add_parser("tokenizer", help="train, inspect and run tokenizers")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True)
