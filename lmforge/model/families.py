@@ -192,16 +192,19 @@ def _compile(table: list[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
     return [(re.compile(p + r"\Z"), r) for p, r in table]
 
 
-_HF_TABLES = {"gemma3_text": _compile(_GEMMA3_NAMES + _HF_NAMES), "gpt2": _compile(_GPT2_NAMES)}
-_HF_DEFAULT = _compile(_HF_NAMES)
 _IGNORED = re.compile(
     r".*(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)\Z"
 )  # cached buffers, not weights
 
 
+def hf_name_table(family: str) -> list[tuple[str, str]]:
+    """The (Hugging Face regex, our name) table of a family; export inverts it."""
+    return {"gemma3_text": _GEMMA3_NAMES + _HF_NAMES, "gpt2": _GPT2_NAMES}.get(family, _HF_NAMES)
+
+
 def hf_tensors_to_ours(cfg: ModelConfig, tensors: dict[str, Any], where: str) -> dict[str, Any]:
     """Rename a family's Hugging Face tensors to ours (and reshape the few that differ)."""
-    table = _HF_TABLES.get(cfg.family, _HF_DEFAULT)
+    table = _compile(hf_name_table(cfg.family))
     out = {}
     for name, t in tensors.items():
         for pat, repl in table:
@@ -258,6 +261,7 @@ def config_from_gguf(meta: dict[str, Any], where: str) -> ModelConfig:
         tie_embeddings=True,  # decided by the loader: untied when the file has output.weight
     )
     if arch == "gemma3":
+        cfg.family = "gemma3_text"  # the same model as Hugging Face's gemma3_text
         # Gemma 3 (Gemma Team 2025): GeGLU, (1 + w) norms around both sub-layers, QK-norm, embeddings
         # scaled by √dim, and five sliding-window (local) layers per global one; the local layers use
         # RoPE base 10,000 (llama.cpp and transformers fix these; the GGUF does not store them).

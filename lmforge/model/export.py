@@ -1,0 +1,217 @@
+"""Writing models out: Hugging Face folders (to take a model to other tools) and our own checkpoints.
+
+- `save_hf(model, folder)`: config.json + model.safetensors in the family's Hugging Face names, so
+  `transformers.AutoModelForCausalLM.from_pretrained(folder)` loads it (tests check the logits match).
+- `save_checkpoint(model, path)` / `load_checkpoint(path)`: one safetensors file with our own names and
+  the ModelConfig as JSON in its header; nothing to unpickle.
+Both write to a temporary file and rename it into place, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmforge.fileio import atomic_write_text
+from lmforge.model.config import ModelConfig
+from lmforge.model.families import hf_name_table
+from lmforge.model.transformer import Transformer
+
+_HF_ARCH = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The config.json a Hugging Face model of this family would have."""
+    if cfg.family not in _HF_ARCH:
+        raise ValueError(f"no Hugging Face form for family {cfg.family!r}; supported: {', '.join(_HF_ARCH)}")
+    if cfg.family == "gpt2":
+        return {
+            "model_type": "gpt2",
+            "architectures": [_HF_ARCH["gpt2"]],
+            "vocab_size": cfg.vocab_size,
+            "n_embd": cfg.dim,
+            "n_layer": cfg.n_layers,
+            "n_head": cfg.n_heads,
+            "n_inner": cfg.ffn_dim,
+            "n_positions": cfg.max_seq_len,
+            "layer_norm_epsilon": cfg.norm_eps,
+            "activation_function": "gelu_new",
+            "tie_word_embeddings": True,
+        }
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {})}
+    out: dict[str, Any] = {
+        "model_type": cfg.family,
+        "architectures": [_HF_ARCH[cfg.family]],
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.ffn_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "hidden_act": "silu",
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "rope_theta": cfg.rope_theta,  # transformers 4 reads these two ...
+        "rope_scaling": cfg.rope_scaling,
+        "rope_parameters": rope,  # ... and 5 this one
+    }
+    if cfg.family == "llama":
+        out.update(attention_bias=cfg.attn_bias, mlp_bias=cfg.mlp_bias)
+    if cfg.family in ("mistral", "mixtral"):
+        out["sliding_window"] = cfg.sliding_window
+    if cfg.family == "qwen2":
+        out.update(use_sliding_window=cfg.sliding_window is not None, sliding_window=cfg.sliding_window)
+    if cfg.family == "mixtral":
+        out.update(
+            num_local_experts=cfg.n_experts,
+            num_experts_per_tok=cfg.n_experts_per_tok,
+            router_aux_loss_coef=cfg.router_aux_loss_coef,
+        )
+    if cfg.family == "gemma3_text":
+        local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta}
+        out.update(
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=_whole((cfg.attn_scale or cfg.head_dim**-0.5) ** -2),
+            sliding_window=cfg.sliding_window,
+            layer_types=[f"{t}_attention" for t in cfg.layer_types or ["full"] * cfg.n_layers],
+            rope_parameters={"full_attention": rope, "sliding_attention": local},
+            rope_local_base_freq=cfg.rope_local_theta,
+            attn_logit_softcapping=cfg.attn_softcap,
+            final_logit_softcapping=cfg.final_softcap,
+        )
+        del out["hidden_act"]
+    return out
+
+
+def _whole(x: float) -> float | int:
+    """An integer when x is one up to rounding (config fields such as query_pre_attn_scalar are ints)."""
+    return round(x) if abs(x - round(x)) < 1e-6 else x
+
+
+def _inverse(table: list[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
+    """Turn (hf regex → our name template) pairs around: (our-name regex → hf name template).
+
+    Each capturing group of the Hugging Face pattern (a layer number, "q", "weight") becomes a named
+    group in the regex over our names; an optional prefix such as "(?:transformer\\.)?" is written out.
+    """
+    out = []
+    for hf_pattern, ours_template in table:
+        groups = re.findall(r"\((?!\?)([^()]*)\)", hf_pattern)
+        ours = re.escape(ours_template)
+        for k, g in enumerate(groups, 1):
+            ours = ours.replace(re.escape(f"\\{k}"), f"(?P<g{k}>{g})")
+        hf = re.sub(r"\(\?:([^()]*)\)\?", r"\1", hf_pattern)  # "(?:transformer\.)?" → "transformer\."
+        k = 0
+
+        def named(_m: re.Match) -> str:
+            nonlocal k
+            k += 1
+            return f"\\g<g{k}>"
+
+        hf = re.sub(r"\((?!\?)[^()]*\)", named, hf).replace("\\.", ".")
+        out.append((re.compile(ours + r"\Z"), hf))
+    return out
+
+
+def state_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our state dict in the family's Hugging Face tensor names and layouts."""
+    cfg = model.config
+    table = _inverse(hf_name_table(cfg.family))
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if cfg.family == "gpt2":
+        # back to Conv1D (in, out) layouts, and one fused query/key/value projection
+        for i in range(cfg.n_layers):
+            for kind in ("weight", "bias"):
+                parts = [state.pop(f"layers.{i}.attn.{x}_proj.{kind}") for x in "qkv"]
+                state[f"layers.{i}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
+        for name, t in list(state.items()):
+            if name.startswith("layers.") and name.endswith(".weight") and t.ndim == 2:
+                state[name] = t.T
+    out = {}
+    for name, t in state.items():
+        for pat, template in table:
+            m = pat.match(name)
+            if m:
+                out[m.expand(template)] = t.contiguous()
+                break
+        else:
+            raise ValueError(f"parameter {name!r} has no Hugging Face name in a {cfg.family} model")
+    return out
+
+
+def _atomic_save_file(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_hf(model: Transformer, folder: str | os.PathLike) -> Path:
+    """Write a Hugging Face model folder (config.json + model.safetensors, + tokenizer.json if we can)."""
+    folder = Path(folder)
+    tensors = state_to_hf(model)
+    if model.config.tie_embeddings:
+        tensors.pop("lm_head.weight", None)
+    _atomic_save_file(tensors, folder / "model.safetensors", {"format": "pt"})
+    atomic_write_text(folder / "config.json", json.dumps(config_to_hf(model.config), indent=2))
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and hasattr(tok, "save") and getattr(tok, "merge_mode", None) == "merges":
+        tok.save(folder / "tokenizer.json", format="hf")
+    return folder
+
+
+def save_checkpoint(model: Transformer, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Our own format: one safetensors file, our tensor names, the ModelConfig (and extra) as JSON."""
+    path = Path(path)
+    meta = {"lmforge_config": json.dumps(model.config.to_dict()), "lmforge_extra": json.dumps(extra or {})}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    _atomic_save_file(state, path, meta)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = None) -> Transformer:
+    from safetensors import SafetensorError, safe_open
+
+    from lmforge.model.weights import _fill, _rebuild_buffers
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    if "lmforge_config" not in meta:
+        raise ValueError(f"{path}: not an lmforge checkpoint (no lmforge_config in its header)")
+    cfg = ModelConfig(**json.loads(meta["lmforge_config"]))
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = _fill(model, tensors, str(path), dtype or next(iter(tensors.values())).dtype)
+    _rebuild_buffers(model)
+    return model.eval()

@@ -1,0 +1,60 @@
+"""Export: lmforge → Hugging Face folder → transformers gives the same logits; our checkpoints round-trip."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lmforge.model.export import load_checkpoint, save_checkpoint, save_hf
+from lmforge.model.weights import load_gguf, load_hf_folder
+from tests.model.test_families import inputs, roundtrip, tiny
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize(
+    "kind", ["llama", "llama-bias-untied", "mistral", "qwen2", "mixtral", "gemma3", "gpt2"]
+)
+def test_export_loads_in_transformers(kind, tmp_path):
+    ours = roundtrip(tiny(kind), tmp_path / "in")
+    save_hf(ours, tmp_path / "out")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    ids, mask = inputs()
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - ours(ids)).abs().max().item() < 1e-4
+    again = load_hf_folder(tmp_path / "out")
+    with torch.no_grad():
+        assert torch.equal(again(ids), ours(ids))
+
+
+def test_real_model_export_round_trip(smollm2_gguf, tmp_path):
+    """SmolLM2 from GGUF → Hugging Face folder → transformers: same logits, and the tokenizer travels."""
+    ours = load_gguf(smollm2_gguf)
+    from lmforge.tokenizer import load_tokenizer
+
+    ours.tokenizer = load_tokenizer(smollm2_gguf)
+    save_hf(ours, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ids = torch.tensor([ours.tokenizer.encode("Exported models keep their weights.")])
+    with torch.no_grad():
+        assert (hf(ids).logits - ours(ids)).abs().max().item() < 1e-4
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    assert hf_tok("Hello 123 world", add_special_tokens=False).input_ids == ours.tokenizer.encode(
+        "Hello 123 world"
+    )
+
+
+def test_checkpoint_round_trip(tmp_path):
+    ours = roundtrip(tiny("mixtral"), tmp_path / "in")
+    save_checkpoint(ours, tmp_path / "ckpt.safetensors", extra={"step": 7})
+    again = load_checkpoint(tmp_path / "ckpt.safetensors")
+    ids, _ = inputs(pad=False)
+    with torch.no_grad():
+        assert torch.equal(again(ids), ours(ids))
+    assert again.config == ours.config
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        load_checkpoint(tmp_path / "bad.safetensors")
