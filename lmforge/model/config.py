@@ -68,6 +68,8 @@ class ModelConfig:
     n_experts: int = 0
     n_experts_per_tok: int = 2
     moe_renormalize: bool = True  # Mixtral renormalizes the top-k router weights; Qwen-MoE may not
+    moe_ffn_dim: int | None = None  # width of each expert (None: ffn_dim)
+    shared_expert_dim: int = 0  # Qwen-MoE: one always-on expert of this width, gated by a sigmoid
     router_aux_loss_coef: float = 0.0
 
     extra: dict[str, Any] = field(default_factory=dict)

@@ -29,6 +29,7 @@ _HF_ARCH = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
 }
@@ -75,8 +76,19 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         out.update(attention_bias=cfg.attn_bias, mlp_bias=cfg.mlp_bias)
     if cfg.family in ("mistral", "mixtral"):
         out["sliding_window"] = cfg.sliding_window
-    if cfg.family == "qwen2":
+    if cfg.family in ("qwen2", "qwen2_moe"):
         out.update(use_sliding_window=cfg.sliding_window is not None, sliding_window=cfg.sliding_window)
+    if cfg.family == "qwen2_moe":
+        out.update(
+            num_experts=cfg.n_experts,
+            num_experts_per_tok=cfg.n_experts_per_tok,
+            norm_topk_prob=cfg.moe_renormalize,
+            moe_intermediate_size=cfg.moe_ffn_dim or cfg.ffn_dim,
+            shared_expert_intermediate_size=cfg.shared_expert_dim,
+            router_aux_loss_coef=cfg.router_aux_loss_coef,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )
     if cfg.family == "mixtral":
         out.update(
             num_local_experts=cfg.n_experts,

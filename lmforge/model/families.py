@@ -12,7 +12,7 @@ from typing import Any
 
 from lmforge.model.config import ModelConfig
 
-HF_FAMILIES = ("llama", "mistral", "qwen2", "mixtral", "gemma3_text", "gpt2")
+HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen2_moe", "mixtral", "gemma3_text", "gpt2")
 GGUF_FAMILIES = ("llama", "gemma3")
 
 
@@ -62,7 +62,18 @@ def config_from_hf(cfg: dict[str, Any], where: str = "config.json") -> ModelConf
     if family == "llama":
         c.attn_bias = c.o_bias = bool(cfg.get("attention_bias", False))
         c.mlp_bias = bool(cfg.get("mlp_bias", False))
-    if family == "qwen2":
+    if family == "qwen2_moe":
+        if cfg.get("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
+            raise ValueError(
+                f"{where}: Qwen-MoE with dense layers mixed in (decoder_sparse_step/mlp_only_layers) is not supported"
+            )
+        c.n_experts = cfg["num_experts"]
+        c.n_experts_per_tok = cfg["num_experts_per_tok"]
+        c.moe_renormalize = bool(cfg.get("norm_topk_prob", False))
+        c.moe_ffn_dim = cfg["moe_intermediate_size"]
+        c.shared_expert_dim = cfg.get("shared_expert_intermediate_size", 0)
+        c.router_aux_loss_coef = cfg.get("router_aux_loss_coef", 0.0)
+    if family in ("qwen2", "qwen2_moe"):
         c.attn_bias = True  # q, k, v have biases; the output projection does not
         if cfg.get("use_sliding_window"):
             c.sliding_window = cfg.get("sliding_window")
@@ -174,6 +185,18 @@ _GEMMA3_NAMES = [
     (r"model\.layers\.(\d+)\.pre_feedforward_layernorm\.weight", r"layers.\1.ffn_norm.weight"),
     (r"model\.layers\.(\d+)\.post_feedforward_layernorm\.weight", r"layers.\1.post_ffn_norm.weight"),
 ]
+_QWEN2_MOE_NAMES = [
+    (r"model\.layers\.(\d+)\.mlp\.gate\.weight", r"layers.\1.ffn.router.weight"),
+    (
+        r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight",
+        r"layers.\1.ffn.experts.\2.\3_proj.weight",
+    ),
+    (
+        r"model\.layers\.(\d+)\.mlp\.shared_expert\.(gate|up|down)_proj\.weight",
+        r"layers.\1.ffn.shared_expert.\2_proj.weight",
+    ),
+    (r"model\.layers\.(\d+)\.mlp\.shared_expert_gate\.weight", r"layers.\1.ffn.shared_gate.weight"),
+]
 _GPT2_NAMES = [
     (r"(?:transformer\.)?wte\.weight", "embed.weight"),
     (r"(?:transformer\.)?wpe\.weight", "pos_embed.weight"),
@@ -199,7 +222,12 @@ _IGNORED = re.compile(
 
 def hf_name_table(family: str) -> list[tuple[str, str]]:
     """The (Hugging Face regex, our name) table of a family; export inverts it."""
-    return {"gemma3_text": _GEMMA3_NAMES + _HF_NAMES, "gpt2": _GPT2_NAMES}.get(family, _HF_NAMES)
+    tables = {
+        "gemma3_text": _GEMMA3_NAMES + _HF_NAMES,
+        "qwen2_moe": _QWEN2_MOE_NAMES + _HF_NAMES,
+        "gpt2": _GPT2_NAMES,
+    }
+    return tables.get(family, _HF_NAMES)
 
 
 def hf_tensors_to_ours(cfg: ModelConfig, tensors: dict[str, Any], where: str) -> dict[str, Any]:

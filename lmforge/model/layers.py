@@ -91,7 +91,9 @@ class MoE(nn.Module):
             cfg.moe_renormalize,
         )
         self.router = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
-        self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.n_experts))
+        self.experts = nn.ModuleList(MLP(cfg, cfg.moe_ffn_dim) for _ in range(cfg.n_experts))
+        self.shared_expert = MLP(cfg, cfg.shared_expert_dim) if cfg.shared_expert_dim else None
+        self.shared_gate = nn.Linear(cfg.dim, 1, bias=False) if cfg.shared_expert_dim else None
         self.routing: tuple[torch.Tensor, torch.Tensor] | None = None  # (probs (N, E), experts (N, k))
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,7 +114,13 @@ class MoE(nn.Module):
             if token.numel():
                 out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
         self.routing = (probs, experts)
-        return out.reshape(shape)
+        return (out + self.shared(x)).reshape(shape)
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Qwen-MoE's shared expert: every token gets it, scaled by a learned sigmoid gate."""
+        if self.shared_expert is None:
+            return torch.zeros_like(x)
+        return torch.sigmoid(self.shared_gate(x)) * self.shared_expert(x)
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -121,7 +129,7 @@ class MoE(nn.Module):
         mix = torch.zeros(x.shape[0], self.n_experts, dtype=x.dtype, device=x.device)
         mix.scatter_(1, experts, weights)  # (N, E), zero for experts a token was not sent to
         every = torch.stack([expert(x) for expert in self.experts], dim=1)  # (N, E, D)
-        return (mix[..., None] * every).sum(1).reshape(shape)
+        return ((mix[..., None] * every).sum(1) + self.shared(x)).reshape(shape)
 
 
 def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor, n_experts: int) -> torch.Tensor:

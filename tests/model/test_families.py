@@ -36,6 +36,10 @@ def tiny(kind: str, **overrides):
             **COMMON, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
         )
         return T.MixtralForCausalLM(cfg)
+    if kind == "qwen2_moe":
+        cfg = T.Qwen2MoeConfig(**{**COMMON, "intermediate_size": 40}, num_key_value_heads=4, num_experts=4, num_experts_per_tok=2,
+                               moe_intermediate_size=24, shared_expert_intermediate_size=56)  # fmt: skip
+        return T.Qwen2MoeForCausalLM(cfg)
     if kind == "gemma3":
         cfg = T.Gemma3TextConfig(**COMMON, num_key_value_heads=2, head_dim=16, sliding_window=6, query_pre_attn_scalar=12,
                                  layer_types=["sliding_attention", "sliding_attention", "full_attention"])  # fmt: skip
@@ -68,7 +72,7 @@ def inputs(b: int = 3, t: int = 17, vocab: int = 211, pad: bool = True):
 
 
 @pytest.mark.parametrize(
-    "kind", ["llama", "llama-bias-untied", "mistral", "qwen2", "mixtral", "gemma3", "gpt2"]
+    "kind", ["llama", "llama-bias-untied", "mistral", "qwen2", "mixtral", "qwen2_moe", "gemma3", "gpt2"]
 )
 def test_logits_match_transformers(kind, tmp_path):
     hf = tiny(kind)

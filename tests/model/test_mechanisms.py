@@ -89,6 +89,10 @@ def test_moe_with_all_experts_equals_dense_mixture():
     cfg.n_experts_per_tok = 2
     moe2 = MoE(cfg)
     assert torch.allclose(moe2(x), moe2.forward_dense(x), atol=1e-5)
+    cfg.shared_expert_dim = 20  # Qwen-MoE: an always-on expert behind a sigmoid gate
+    moe3 = MoE(cfg)
+    assert torch.allclose(moe3(x), moe3.forward_dense(x), atol=1e-5)
+    assert not torch.allclose(moe3(x), moe3(x) - moe3.shared(x), atol=1e-3)
 
 
 def test_decoder_is_causal():
