@@ -107,3 +107,16 @@ def test_decoder_is_causal():
         a, b = model(ids), model(changed)
     assert torch.allclose(a[0, :7], b[0, :7], atol=1e-6)
     assert not torch.allclose(a[0, 7:], b[0, 7:])
+
+
+def test_sinusoidal_positions_follow_the_formula():
+    from lmforge.model.transformer import sinusoidal_positions
+
+    pe = sinusoidal_positions(50, 16)
+    for pos in (0, 7, 49):
+        for i in range(8):
+            angle = pos / 10000 ** (2 * i / 16)
+            assert abs(pe[pos, 2 * i] - torch.tensor(angle).sin()) < 1e-5
+            assert abs(pe[pos, 2 * i + 1] - torch.tensor(angle).cos()) < 1e-5
+    model = Transformer(ModelConfig(dim=16, n_heads=2, n_layers=1, vocab_size=20, ffn_dim=8, position="sinusoidal"))
+    assert model(torch.randint(0, 20, (2, 9))).shape == (2, 9, 20)
