@@ -40,6 +40,13 @@ def _fill(
     return model
 
 
+def _model_type(path: Path) -> str | None:
+    from lmforge.fileio import read_json
+
+    cfg = path / "config.json"
+    return read_json(cfg).get("model_type") if cfg.is_file() else None
+
+
 def load_hf_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:
     """A Hugging Face model folder: config.json + model.safetensors (or shards with an index)."""
     from safetensors import SafetensorError, safe_open
@@ -136,9 +143,19 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Tr
     return model.eval()
 
 
-def load_weights(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:
+def load_weights(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Any supported checkpoint: a GGUF file, or a Hugging Face folder of a decoder, T5 or BERT."""
     path = Path(path)
     if path.is_dir():
+        model_type = _model_type(path)
+        if model_type in ("t5", "mt5"):
+            from lmforge.model.encoder_decoder import load_t5_folder
+
+            return load_t5_folder(path, dtype)
+        if model_type == "bert":
+            from lmforge.model.bert import load_bert_folder
+
+            return load_bert_folder(path, dtype)
         return load_hf_folder(path, dtype)
     if path.suffix == ".gguf":
         return load_gguf(path, dtype)
