@@ -19,10 +19,11 @@ def load_model(
     name_or_path: str | os.PathLike,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
-) -> Transformer:
+) -> torch.nn.Module:
     """A model by name (a packaged real model), a .gguf file, or a Hugging Face folder or hub id.
 
-    Returns the Transformer in eval mode, with its tokenizer as `model.tokenizer` when the files have one.
+    Returns the model in eval mode — a Transformer (decoders), a BertEncoder (with `encode(texts)`) or an
+    EncoderDecoder (T5) — with its tokenizer as `model.tokenizer` when the files have one.
     """
     from lmforge.model.weights import load_weights
     from lmforge.registry import resolve
@@ -34,6 +35,8 @@ def load_model(
         dtype = DTYPES[dtype]
     path = resolve(name_or_path)
     model = load_weights(path, dtype or torch.float32)
-    if path.suffix == ".gguf" or (path / "tokenizer.json").is_file():
+    if getattr(model, "tokenizer", None) is None and (
+        path.suffix == ".gguf" or (path / "tokenizer.json").is_file()
+    ):
         model.tokenizer = load_tokenizer(path)
     return model.to(device) if device is not None else model
