@@ -91,6 +91,7 @@ class Attention(nn.Module):
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.head_dim)
         self.softcap = cfg.attn_softcap
         self.sliding = cfg.is_sliding(layer)
+        self.causal = cfg.causal
         self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.attn_bias)
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attn_bias)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attn_bias)
@@ -119,10 +120,21 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        # No mask from the caller on causal self-attention means "plain causal": SDPA's is_causal
+        # uses a faster kernel than an explicit (T, T) mask and we skip building one.
+        causal = self.causal and mask is None and kv is None and t > 1
         if self.use_sdpa and self.softcap is None:
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.n_kv_heads != self.n_heads
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=causal,
+                scale=self.scale,
+                enable_gqa=self.n_kv_heads != self.n_heads,
             )
         else:
+            if causal:
+                mask = build_mask(None, t, True, None, q.dtype, q.device)
             y = attention_math(q, k, v, mask, self.scale, self.softcap)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))

@@ -46,7 +46,7 @@ from torch import nn
 from lmforge.model.attention import build_mask
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Block
-from lmforge.model.weights import _fill
+from lmforge.model.weights import _fill, empty_model
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
@@ -312,7 +312,7 @@ def load_bert_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32
                         tensors[ours] = st.get_tensor(name)
         except SafetensorError as e:
             raise ValueError(f"{f} is not a readable safetensors file: {e}") from None
-    with torch.device("meta"):  # no memory for random weights that _fill replaces at once
+    with empty_model():  # no memory or random init for weights _fill replaces at once
         model = BertEncoder(cfg)
     model = _fill(model, tensors, str(path), dtype)  # _fill only needs .config and the state dict
     if (path / "vocab.txt").is_file() or (path / "tokenizer.json").is_file():

@@ -426,7 +426,7 @@ def load_t5_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) 
     """A Hugging Face T5 folder (config.json + model.safetensors or shards) → EncoderDecoder in eval mode."""
     from safetensors import SafetensorError, safe_open
 
-    from lmforge.model.weights import _fill
+    from lmforge.model.weights import _fill, empty_model
 
     path = Path(path)
     cfg_path = path / "config.json"
@@ -488,7 +488,7 @@ def load_t5_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) 
     )
     if cfg.tie_embeddings:
         tensors.pop("lm_head.weight", None)
-    with torch.device("meta"):
+    with empty_model():  # no memory or random init for weights _fill replaces at once
         model = EncoderDecoder(cfg)
     # Check in the checkpoint's own names (which tensor, which file) before _fill checks in ours.
     own = model.state_dict()

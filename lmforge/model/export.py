@@ -208,7 +208,7 @@ def save_checkpoint(model: Transformer, path: str | os.PathLike, extra: dict[str
 def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = None) -> Transformer:
     from safetensors import SafetensorError, safe_open
 
-    from lmforge.model.weights import _fill, _rebuild_buffers
+    from lmforge.model.weights import _fill, empty_model
 
     path = Path(path)
     if not path.is_file():
@@ -222,8 +222,7 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = None) -
     if "lmforge_config" not in meta:
         raise ValueError(f"{path}: not an lmforge checkpoint (no lmforge_config in its header)")
     cfg = ModelConfig(**json.loads(meta["lmforge_config"]))
-    with torch.device("meta"):
+    with empty_model():  # no memory or random init for weights _fill replaces at once
         model = Transformer(cfg)
     model = _fill(model, tensors, str(path), dtype or next(iter(tensors.values())).dtype)
-    _rebuild_buffers(model)
     return model.eval()

@@ -30,7 +30,7 @@ def rope_frequencies(
 ) -> tuple[torch.Tensor, float]:
     """Inverse frequencies (head_dim/2,) and the attention scaling factor for a RoPE variant."""
     dim = head_dim
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
     if kind == "default":
         return inv_freq, 1.0
@@ -41,7 +41,7 @@ def rope_frequencies(
         return inv_freq, 1.0  # depends on the sequence length: see dynamic_frequencies
     if kind == "ntk":  # static NTK-aware: a larger base
         base = base * factor ** (dim / (dim - 2))
-        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)), 1.0
+        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim)), 1.0
     if kind == "yarn":
         return _yarn(dim, base, scaling, max_seq_len)
     if kind == "llama3":
@@ -55,7 +55,7 @@ def dynamic_frequencies(
     """Dynamic NTK: past the trained length, grow the base with the sequence length."""
     if seq_len > max_seq_len:
         base = base * ((factor * seq_len / max_seq_len) - (factor - 1)) ** (head_dim / (head_dim - 2))
-    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
 
 
 def _yarn(dim: int, base: float, s: dict[str, Any], max_seq_len: int) -> tuple[torch.Tensor, float]:
@@ -83,8 +83,8 @@ def _yarn(dim: int, base: float, s: dict[str, Any], max_seq_len: int) -> tuple[t
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001  # avoid dividing by zero
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
-    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)
     extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
     keep = 1 - ramp  # 1: high frequency, keep as trained; 0: low frequency, interpolate
     return interpolation * (1 - keep) + extrapolation * keep, float(attention_factor)

@@ -47,9 +47,9 @@ class Block(nn.Module):
 
 def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
     """Vaswani et al.'s fixed positions: sin/cos at geometrically spaced frequencies. (n, dim)."""
-    pos = torch.arange(n, dtype=torch.float32)[:, None]
-    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(n, dim)
+    pos = torch.arange(n, dtype=torch.float32, device="cpu")[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") * (-math.log(10000.0) / dim))
+    pe = torch.zeros(n, dim, device="cpu")
     pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
     return pe
 
@@ -81,7 +81,7 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
-    def _rope(self, positions: torch.Tensor, t: int):
+    def _rope(self, positions: torch.Tensor, t: int, dtype: torch.dtype):
         cfg = self.config
         if cfg.position != "rope":
             return None, None
@@ -94,9 +94,11 @@ class Transformer(nn.Module):
                 cfg.max_seq_len,
                 int(positions.max()) + 1,
             )
-        rope = rope_cos_sin(inv, positions, self.rope_scale)
-        local = rope_cos_sin(self.inv_freq_local, positions) if cfg.rope_local_theta is not None else rope
-        return rope, local
+        # cast once here rather than in every layer's apply_rope
+        rope = tuple(x.to(dtype) for x in rope_cos_sin(inv, positions, self.rope_scale))
+        if cfg.rope_local_theta is None:
+            return rope, rope
+        return rope, tuple(x.to(dtype) for x in rope_cos_sin(self.inv_freq_local, positions))
 
     def hidden_states(
         self,
@@ -122,13 +124,18 @@ class Transformer(nn.Module):
             h = h + self.pos_embed(positions)
         elif cfg.position == "sinusoidal":
             h = h + self.sinusoid[positions].to(h.dtype)
-        rope, rope_local = self._rope(positions, t)
-        full = build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b)
-        sliding = (
-            build_mask(attention_mask, t, cfg.causal, cfg.sliding_window, h.dtype, h.device, b)
-            if cfg.sliding_window is not None
-            else full
+        rope, rope_local = self._rope(positions, t, h.dtype)
+        # Without padding, full causal layers need no mask tensor (attention then uses is_causal).
+        full = (
+            build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b)
+            if attention_mask is not None
+            else None
         )
+        window = cfg.sliding_window
+        if window is None or (attention_mask is None and cfg.causal and t <= window):
+            sliding = full  # the window reaches back to the start: plain causal
+        else:
+            sliding = build_mask(attention_mask, t, cfg.causal, window, h.dtype, h.device, b)
         for layer in self.layers:
             local = layer.attn.sliding
             h = layer(h, rope_local if local else rope, sliding if local else full)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -80,23 +82,29 @@ def load_hf_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) 
         cfg.tie_embeddings = True
     elif cfg.tie_embeddings:
         tensors.pop("lm_head.weight")
-    with torch.device("meta"):
+    with empty_model():
         model = Transformer(cfg)
-    model = _fill(model, tensors, str(path), dtype)
-    _rebuild_buffers(model)
-    return model.eval()
+    return _fill(model, tensors, str(path), dtype).eval()
 
 
-def _rebuild_buffers(model: Transformer) -> None:
-    """Non-persistent buffers (RoPE frequencies) were created on the meta device: make them real."""
-    cfg = model.config
-    if cfg.position == "rope":
-        from lmforge.model.rope import rope_frequencies
+@contextmanager
+def empty_model() -> Iterator[None]:
+    """Build modules without memory or random init: the checkpoint's weights replace them at once.
 
-        rot = int(cfg.head_dim * cfg.rope_fraction)
-        model.inv_freq = rope_frequencies(rot, cfg.rope_theta, cfg.rope_scaling, cfg.max_seq_len)[0]
-        if cfg.rope_local_theta is not None:
-            model.inv_freq_local = rope_frequencies(rot, cfg.rope_local_theta, None, cfg.max_seq_len)[0]
+    Parameters go to the meta device, and torch.nn.init's functions do nothing meanwhile (random init
+    of a 262k-word embedding costs seconds, and on meta tensors it drags in torch's compiler stack).
+    Buffers that are computed, not loaded (RoPE frequencies), are made on the CPU explicitly.
+    """
+    names = ["normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "trunc_normal_", "xavier_uniform_"]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -136,11 +144,9 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Tr
             w = w - cfg.norm_offset  # llama.cpp stores Gemma's norms as 1 + w; we keep w and add 1 back
         tensors[ours] = torch.from_numpy(np.ascontiguousarray(w))
     cfg.tie_embeddings = "lm_head.weight" not in tensors
-    with torch.device("meta"):
+    with empty_model():
         model = Transformer(cfg)
-    model = _fill(model, tensors, str(path), dtype)
-    _rebuild_buffers(model)
-    return model.eval()
+    return _fill(model, tensors, str(path), dtype).eval()
 
 
 def load_weights(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
