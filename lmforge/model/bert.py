@@ -32,7 +32,6 @@ names are mapped to ours so that a BertEncoder's state dict looks like a Transfo
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -43,10 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.fileio import read_json
 from lmforge.model.attention import build_mask
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Block
-from lmforge.model.weights import _fill, empty_model
+from lmforge.model.weights import _fill, empty_model, hf_config, hf_tensor_files
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
@@ -241,25 +241,18 @@ def bert_name_to_ours(name: str) -> str | None:
     return None
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-
-
 def _read_pooling(path: Path) -> str:
     """The pooling a sentence-transformers folder was trained with ("mean" when it says nothing)."""
     folder = path / "1_Pooling"
     modules = path / "modules.json"
     if modules.is_file():
-        for m in _read_json(modules):  # the pipeline: Transformer, Pooling, Normalize, ...
+        for m in read_json(modules):  # the pipeline: Transformer, Pooling, Normalize, ...
             if str(m.get("type", "")).endswith("Pooling"):
                 folder = path / m.get("path", "1_Pooling")
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         return "mean"
-    cfg = _read_json(cfg_path)
+    cfg = read_json(cfg_path)
     mode = cfg.get("pooling_mode")  # newer sentence-transformers: a name (or a list of names)
     if isinstance(mode, list):
         mode = mode[0] if len(mode) == 1 else None
@@ -287,31 +280,16 @@ def _read_pooling(path: Path) -> str:
 
 def load_bert_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> BertEncoder:
     """A BERT folder (config.json + *.safetensors, optionally a tokenizer and sentence-transformers files)."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (a Hugging Face model folder needs one)")
-    cfg = config_from_hf_bert(_read_json(cfg_path), str(cfg_path))
-    files = sorted(path.glob("*.safetensors"))
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted({path / f for f in _read_json(index)["weight_map"].values()})
-    if not files:
-        raise FileNotFoundError(f"{path}: no *.safetensors weights (pickled .bin files are never loaded)")
+    cfg = config_from_hf_bert(hf_config(path), str(path / "config.json"))
     tensors: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                for name in st.keys():
-                    ours = bert_name_to_ours(name)
-                    if ours is None:
-                        raise ValueError(f"{f}: unknown tensor {name!r} for a BERT model")
-                    if ours:
-                        tensors[ours] = st.get_tensor(name)
-        except SafetensorError as e:
-            raise ValueError(f"{f} is not a readable safetensors file: {e}") from None
+    for f, hf in hf_tensor_files(path):
+        for name, t in hf.items():
+            ours = bert_name_to_ours(name)
+            if ours is None:
+                raise ValueError(f"{f}: unknown tensor {name!r} for a BERT model")
+            if ours:
+                tensors[ours] = t
     with empty_model():  # no memory or random init for weights _fill replaces at once
         model = BertEncoder(cfg)
     model = _fill(model, tensors, str(path), dtype)  # _fill only needs .config and the state dict
@@ -321,7 +299,7 @@ def load_bert_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32
         model.tokenizer = load_wordpiece(path)
     model.pooling = _read_pooling(path)
     st_cfg = path / "sentence_bert_config.json"
-    st_max = _read_json(st_cfg).get("max_seq_length") if st_cfg.is_file() else None
+    st_max = read_json(st_cfg).get("max_seq_length") if st_cfg.is_file() else None
     if st_max:
         model.max_seq_length = int(st_max)
     else:  # as sentence-transformers: the smaller of the model's positions and the tokenizer's limit

@@ -40,7 +40,6 @@ embedding matrix shared by the encoder, the decoder and (usually) the output pro
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -424,53 +423,36 @@ _IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.wei
 
 def load_t5_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> EncoderDecoder:
     """A Hugging Face T5 folder (config.json + model.safetensors or shards) → EncoderDecoder in eval mode."""
-    from safetensors import SafetensorError, safe_open
-
-    from lmforge.model.weights import _fill, empty_model
+    from lmforge.model.weights import _fill, empty_model, hf_config, hf_tensor_files
 
     path = Path(path)
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (a Hugging Face model folder needs one)")
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    cfg = config_from_hf_t5(raw, str(cfg_path))
-    files = sorted(path.glob("*.safetensors"))
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        files = sorted({path / f for f in weight_map.values()})
-    if not files:
-        raise FileNotFoundError(f"{path}: no *.safetensors weights (pickled .bin files are never loaded)")
+    cfg = config_from_hf_t5(hf_config(path), str(path / "config.json"))
     tensors: dict[str, torch.Tensor] = {}
     x = cfg.extra
     expected = set(t5_hf_names(cfg)) | {"lm_head.weight"}  # names this config can use (wi vs wi_0/wi_1 ...)
     origin: dict[str, Path] = {}  # our name → the file it came from, for error messages
     copies: dict[str, tuple[Path, torch.Tensor]] = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                for name in st.keys():
-                    if name in _IGNORED:
-                        continue
-                    if name in _DUPLICATES:
-                        copies[name] = (f, st.get_tensor(name))
-                        continue
-                    ours = t5_name_to_ours(name) if name in expected else None
-                    if ours is None:
-                        raise ValueError(
-                            f"{f}: unknown tensor {name!r} for a {cfg.family} model with "
-                            f"feed_forward_proj {x['feed_forward_proj']!r}, {cfg.n_layers} encoder and "
-                            f"{x['n_decoder_layers']} decoder layers"
-                        )
-                    tensors[ours] = st.get_tensor(name)
-                    origin[ours] = f
-        except SafetensorError as e:
-            raise ValueError(f"{f} is not a readable safetensors file: {e}") from None
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: shard {f.name} named in the index is missing") from None
+    try:
+        for f, hf in hf_tensor_files(path):
+            for name, t in hf.items():
+                if name in _IGNORED:
+                    continue
+                if name in _DUPLICATES:
+                    copies[name] = (f, t)
+                    continue
+                ours = t5_name_to_ours(name) if name in expected else None
+                if ours is None:
+                    raise ValueError(
+                        f"{f}: unknown tensor {name!r} for a {cfg.family} model with "
+                        f"feed_forward_proj {x['feed_forward_proj']!r}, {cfg.n_layers} encoder and "
+                        f"{x['n_decoder_layers']} decoder layers"
+                    )
+                tensors[ours] = t
+                origin[ours] = f
+    except FileNotFoundError as e:
+        if "no *.safetensors" in str(e):
+            raise
+        raise FileNotFoundError(f"{path}: a shard named in the index is missing ({e})") from None
     # The embedding is stored once as shared.weight; if a file kept only a stack's copy, use that. A copy
     # that differs from it would mean untied encoder/decoder embeddings, which T5 never has.
     for name, (f, t) in copies.items():

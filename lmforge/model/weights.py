@@ -9,7 +9,6 @@ weights match Hugging Face's rotate-half layout.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmforge.fileio import read_json
 from lmforge.model.config import ModelConfig
 from lmforge.model.families import config_from_gguf, config_from_hf, gguf_name_to_ours, hf_tensors_to_ours
 from lmforge.model.transformer import Transformer
@@ -43,40 +43,45 @@ def _fill(
 
 
 def _model_type(path: Path) -> str | None:
-    from lmforge.fileio import read_json
-
-    cfg = path / "config.json"
-    return read_json(cfg).get("model_type") if cfg.is_file() else None
+    return read_json(path / "config.json").get("model_type") if (path / "config.json").is_file() else None
 
 
-def load_hf_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:
-    """A Hugging Face model folder: config.json + model.safetensors (or shards with an index)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
+def hf_config(path: Path) -> dict:
+    """A Hugging Face folder's config.json, with errors that name the file."""
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{path}: no config.json (a Hugging Face model folder needs one)")
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    cfg = config_from_hf(raw, str(cfg_path))
+    return read_json(cfg_path)
+
+
+def hf_tensor_files(path: Path) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
+    """(file, {name: tensor}) for each safetensors file of a folder (one file, or shards with an index).
+
+    Only safetensors: pickled .bin checkpoints could run code when loaded, so we never read them.
+    """
+    from safetensors import SafetensorError, safe_open
+
     files = sorted(path.glob("*.safetensors"))
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(
-            {path / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}
-        )
+        files = sorted({path / f for f in read_json(index)["weight_map"].values()})
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors weights (pickled .bin files are never loaded)")
-    tensors: dict[str, torch.Tensor] = {}
     for f in files:
         try:
             with safe_open(str(f), framework="pt") as st:
-                hf = {name: st.get_tensor(name) for name in st.keys()}
+                tensors = {name: st.get_tensor(name) for name in st.keys()}
         except SafetensorError as e:
             raise ValueError(f"{f} is not a readable safetensors file: {e}") from None
+        yield f, tensors
+
+
+def load_hf_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:
+    """A Hugging Face model folder of a decoder family: config.json + safetensors."""
+    path = Path(path)
+    cfg = config_from_hf(hf_config(path), str(path / "config.json"))
+    tensors: dict[str, torch.Tensor] = {}
+    for f, hf in hf_tensor_files(path):
         tensors.update(hf_tensors_to_ours(cfg, hf, str(f)))
     if "lm_head.weight" not in tensors:
         cfg.tie_embeddings = True
