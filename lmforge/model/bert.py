@@ -45,10 +45,27 @@ from torch import nn
 from lmforge.fileio import read_json
 from lmforge.model.attention import build_mask
 from lmforge.model.config import ModelConfig
+from lmforge.model.layers import activation
 from lmforge.model.transformer import Block
 from lmforge.model.weights import _fill, empty_model, hf_config, hf_tensor_files
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-language-model head: dense → activation → LayerNorm, then scores over the vocabulary
+    with the (tied) word-embedding matrix plus a bias. Pre-training hides 15% of the tokens and asks this
+    head to name them; sentence-embedding models drop it."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.dim, cfg.dim)
+        self.act = activation(cfg.activation)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(h))) @ embedding.T + self.bias  # (B, T, V)
 
 
 class BertEncoder(nn.Module):
@@ -72,6 +89,7 @@ class BertEncoder(nn.Module):
         self.type_embed = nn.Embedding(n_types, cfg.dim) if n_types else None
         self.embed_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.mlm_head = MLMHead(cfg) if cfg.extra.get("mlm_head") else None
         self.tokenizer = None  # a WordPieceTokenizer, set by load_bert_folder
         self.pooling = "mean"  # from 1_Pooling/config.json
         self.max_seq_length = cfg.max_seq_len  # sentence_bert_config.json: 256 for all-MiniLM-L6-v2
@@ -105,6 +123,19 @@ class BertEncoder(nn.Module):
         for layer in self.layers:
             h = layer(h, None, mask)  # no RoPE: positions were added to the embeddings
         return h  # (B, T, D); BERT has no final norm (each block already ends in one)
+
+    def mlm_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Masked-LM scores (B, T, V): what the model thinks each ([MASK]ed) position holds."""
+        if self.mlm_head is None:
+            raise ValueError(
+                "this checkpoint has no MLM head (cls.predictions.* tensors); it is an encoder only"
+            )
+        return self.mlm_head(self(input_ids, attention_mask, token_type_ids), self.embed.weight)
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> torch.Tensor:
@@ -215,14 +246,20 @@ _HF_BERT_NAMES = [
     (_LAYER + r"intermediate\.dense\.(weight|bias)", r"layers.\1.ffn.up_proj.\2"),
     (_LAYER + r"output\.dense\.(weight|bias)", r"layers.\1.ffn.down_proj.\2"),
     (_LAYER + r"output\.LayerNorm\.(weight|bias)", r"layers.\1.ffn_norm.\2"),
+    (r"cls\.predictions\.transform\.dense\.(weight|bias)", r"mlm_head.dense.\1"),
+    (r"cls\.predictions\.transform\.LayerNorm\.(weight|bias)", r"mlm_head.norm.\1"),
+    (r"cls\.predictions\.(?:decoder\.)?bias", "mlm_head.bias"),
 ]
 _HF_BERT_NAMES = [(re.compile(p), r) for p, r in _HF_BERT_NAMES]
 # Tensors a BERT checkpoint may carry that the encoder does not use:
 #   embeddings.position_ids: a cached arange(max_positions) buffer that older transformers saved;
 #   pooler.*: the dense + tanh on [CLS] trained for next-sentence prediction (sentence-transformers'
 #             pooling does not use it);
-#   cls.*: the MLM / NSP heads of BertForPreTraining and BertForMaskedLM checkpoints.
-_IGNORED = re.compile(r"embeddings\.position_ids|pooler\..*|cls\..*")
+#   cls.seq_relationship.*: the next-sentence-prediction head of BertForPreTraining;
+#   cls.predictions.decoder.weight: the MLM head's output matrix, a copy of the word embeddings (tied).
+_IGNORED = re.compile(
+    r"embeddings\.position_ids|pooler\..*|cls\.seq_relationship\..*|cls\.predictions\.decoder\.weight"
+)
 
 
 def bert_name_to_ours(name: str) -> str | None:
@@ -290,6 +327,7 @@ def load_bert_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32
                 raise ValueError(f"{f}: unknown tensor {name!r} for a BERT model")
             if ours:
                 tensors[ours] = t
+    cfg.extra["mlm_head"] = any(k.startswith("mlm_head.") for k in tensors)
     with empty_model():  # no memory or random init for weights _fill replaces at once
         model = BertEncoder(cfg)
     model = _fill(model, tensors, str(path), dtype)  # _fill only needs .config and the state dict

@@ -183,3 +183,26 @@ def test_bad_bert_folders(tmp_path):
         model.encode(["hello"])
     with pytest.raises(TypeError, match="list of texts"):
         model.encode("hello")
+
+
+def test_mlm_head_matches_transformers(tmp_path):
+    """BertForMaskedLM: the masked-LM scores, with padding and two segments."""
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=80, max_position_embeddings=64)  # fmt: skip
+    hf = transformers.BertForMaskedLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.2)
+    hf.save_pretrained(tmp_path)
+    from lmforge.model.bert import load_bert_folder
+
+    ours = load_bert_folder(tmp_path)
+    ids = torch.randint(0, 120, (2, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 6:] = 1
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = ours.mlm_logits(ids, mask, types)
+    assert (got - want)[mask.bool()].abs().max().item() < 1e-4

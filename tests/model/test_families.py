@@ -121,3 +121,18 @@ def test_moe_aux_loss_matches_transformers(tmp_path):
         out.router_logits, hf.config.num_local_experts, hf.config.num_experts_per_tok
     )
     assert torch.allclose(ours.aux_loss(), want, atol=1e-5)
+
+
+def test_sharded_checkpoint_with_index(tmp_path):
+    hf = tiny("llama")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.2)
+    hf.eval().save_pretrained(tmp_path, max_shard_size="50KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("*.safetensors"))) > 2
+    ours = load_hf_folder(tmp_path)
+    ids, _ = inputs(pad=False)
+    with torch.no_grad():
+        assert (ours(ids) - hf(input_ids=ids).logits).abs().max().item() < 1e-4

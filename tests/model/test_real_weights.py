@@ -81,3 +81,11 @@ def test_gemma3_logits_match(gemma_gguf):
             diff = (ours(ids, logits_to_keep=16) - hf(ids, logits_to_keep=16).logits).abs().max().item()
         assert diff <= 1e-3, (prompt[:30], ids.shape, diff)
     assert ids.shape[1] > 512
+    # the same greedy continuation
+    ids = torch.tensor([tok.encode(PROMPTS[0], add_special_tokens=True)])
+    want = hf.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1] :].tolist()
+    got = ids
+    with torch.no_grad():
+        for _ in range(len(want)):
+            got = torch.cat([got, ours(got, logits_to_keep=1)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert got[0, ids.shape[1] :].tolist() == want
