@@ -34,14 +34,15 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, data_dir, md_table, median  # noqa: E402
+
 MODELS = {"SmolLM2-135M-Instruct": "smollm2-135m-instruct", "Gemma 3 270M": "gemma3-270m"}
 PROBE_IDS = [2, 504, 3458, 314, 260, 1345, 28, 355, 8125, 1127, 30, 1044, 288, 1790, 3005, 11]
 LOAD_GOAL_S = 3.0
@@ -52,25 +53,6 @@ QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": 
 
 
 # ---------------------------------------------------------------------- helpers
-def data_dir() -> Path:
-    return Path(os.environ.get("LMFORGE_DATA") or REPO.parent / "shared" / "data")
-
-
-def md_table(headers: list[str], rows: list[list]) -> str:
-    def cell(x) -> str:
-        if isinstance(x, float):
-            return f"{x:,.2f}" if abs(x) < 100 else f"{x:,.0f}"
-        if isinstance(x, int):
-            return f"{x:,}"
-        return str(x)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 def load_line(when: str) -> str:
@@ -139,7 +121,15 @@ def bench_load(models: dict[str, str], repeats: int) -> tuple[str, dict]:
                         f"  load {label} {loader} #{r + 1}: {runs[loader][-1]['load_s']:.2f} s",
                         file=sys.stderr,
                     )
-            diff = (torch.load(f"{tmp}/ours.pt") - torch.load(f"{tmp}/hf.pt")).abs().max().item()
+            diff = (
+                (
+                    torch.load(f"{tmp}/ours.pt", weights_only=True)
+                    - torch.load(f"{tmp}/hf.pt", weights_only=True)
+                )
+                .abs()
+                .max()
+                .item()
+            )
             med = {k: {f: median([x[f] for x in v]) for f in v[0]} for k, v in runs.items()}
             o, h = med["ours"], med["hf"]
             summary[label] = med

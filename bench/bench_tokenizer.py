@@ -30,7 +30,6 @@ import json
 import os
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, data_dir, md_table, median, peak_rss_mb  # noqa: E402
+
 SPECIAL = "<|endoftext|>"
 MB = 1e6  # throughput is in MB/s of UTF-8 text, 1 MB = 10^6 bytes
 
@@ -52,29 +53,6 @@ TIKTOKEN_CACHE_NAMES = {
 
 
 # ---------------------------------------------------------------------- helpers
-def data_dir() -> Path:
-    return Path(os.environ.get("LMFORGE_DATA") or REPO.parent / "shared" / "data")
-
-
-def md_table(headers: list[str], rows: list[list]) -> str:
-    def cell(x) -> str:
-        if isinstance(x, float):
-            return f"{x:,.2f}" if abs(x) < 100 else f"{x:,.0f}"
-        if isinstance(x, int):
-            return f"{x:,}"
-        return str(x)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def peak_rss_mb(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
