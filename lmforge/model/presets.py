@@ -52,5 +52,7 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     base = PRESETS[name]
     if "n_layers" in overrides and base.layer_types is not None and "layer_types" not in overrides:
         # keep the local/global rhythm (every 6th layer global) at the new depth
-        overrides["layer_types"] = ["full" if (i + 1) % 6 == 0 else "sliding" for i in range(overrides["n_layers"])]
+        overrides["layer_types"] = [
+            "full" if (i + 1) % 6 == 0 else "sliding" for i in range(overrides["n_layers"])
+        ]
     return replace(base, **overrides)

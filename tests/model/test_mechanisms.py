@@ -118,5 +118,7 @@ def test_sinusoidal_positions_follow_the_formula():
             angle = pos / 10000 ** (2 * i / 16)
             assert abs(pe[pos, 2 * i] - torch.tensor(angle).sin()) < 1e-5
             assert abs(pe[pos, 2 * i + 1] - torch.tensor(angle).cos()) < 1e-5
-    model = Transformer(ModelConfig(dim=16, n_heads=2, n_layers=1, vocab_size=20, ffn_dim=8, position="sinusoidal"))
+    model = Transformer(
+        ModelConfig(dim=16, n_heads=2, n_layers=1, vocab_size=20, ffn_dim=8, position="sinusoidal")
+    )
     assert model(torch.randint(0, 20, (2, 9))).shape == (2, 9, 20)
