@@ -30,6 +30,7 @@ _HF_ARCH = {
     "qwen2": "Qwen2ForCausalLM",
     "mixtral": "MixtralForCausalLM",
     "qwen2_moe": "Qwen2MoeForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
 }
@@ -95,18 +96,21 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
             num_experts_per_tok=cfg.n_experts_per_tok,
             router_aux_loss_coef=cfg.router_aux_loss_coef,
         )
-    if cfg.family == "gemma3_text":
-        local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta}
+    if cfg.family in ("gemma2", "gemma3_text"):
         out.update(
             hidden_activation="gelu_pytorch_tanh",
             query_pre_attn_scalar=_whole((cfg.attn_scale or cfg.head_dim**-0.5) ** -2),
             sliding_window=cfg.sliding_window,
             layer_types=[f"{t}_attention" for t in cfg.layer_types or ["full"] * cfg.n_layers],
-            rope_parameters={"full_attention": rope, "sliding_attention": local},
-            rope_local_base_freq=cfg.rope_local_theta,
             attn_logit_softcapping=cfg.attn_softcap,
             final_logit_softcapping=cfg.final_softcap,
         )
+        if cfg.family == "gemma3_text":
+            local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta}
+            out.update(
+                rope_parameters={"full_attention": rope, "sliding_attention": local},
+                rope_local_base_freq=cfg.rope_local_theta,
+            )
         del out["hidden_act"]
     return out
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from lmforge.model.config import ModelConfig
 
-HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen2_moe", "mixtral", "gemma3_text", "gpt2")
+HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen2_moe", "mixtral", "gemma2", "gemma3_text", "gpt2")
 GGUF_FAMILIES = ("llama", "gemma3")
 
 
@@ -35,8 +35,8 @@ def config_from_hf(cfg: dict[str, Any], where: str = "config.json") -> ModelConf
         )
     if family == "gpt2":
         return _gpt2_config(cfg, where)
-    if family == "gemma3_text":
-        return _gemma3_config(cfg, where)
+    if family in ("gemma2", "gemma3_text"):
+        return _gemma_config(cfg, where)
     theta, scaling = _rope(cfg)
     act = cfg.get("hidden_act", "silu")
     act = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}.get(act, act)
@@ -112,9 +112,14 @@ def _gpt2_config(cfg: dict[str, Any], where: str) -> ModelConfig:
         raise ValueError(f"{where}: missing field {e.args[0]!r}") from None
 
 
-def _gemma3_config(cfg: dict[str, Any], where: str) -> ModelConfig:
-    """Gemma 3's text model: sandwich (1 + w) norms, QK-norm, GeGLU, √d embeddings, local/global layers."""
+def _gemma_config(cfg: dict[str, Any], where: str) -> ModelConfig:
+    """Gemma 2 and 3: sandwich (1 + w) norms, GeGLU, √d embeddings, local/global layers. Gemma 2 soft-caps
+    its attention and output logits; Gemma 3 drops the attention cap for QK-norm and gives local layers
+    their own RoPE base."""
+    gemma3 = cfg.get("model_type") == "gemma3_text"
     params = cfg.get("rope_parameters") or {}
+    if not gemma3:  # one RoPE for every layer
+        params = {"full_attention": params, "sliding_attention": params} if params else {}
     full = params.get("full_attention") or {"rope_theta": cfg.get("rope_theta", 1_000_000.0)}
     local = params.get("sliding_attention") or {"rope_theta": cfg.get("rope_local_base_freq", 10_000.0)}
     scaling = full if full.get("rope_type", "default") != "default" else cfg.get("rope_scaling")
@@ -125,7 +130,7 @@ def _gemma3_config(cfg: dict[str, Any], where: str) -> ModelConfig:
             "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)
         ]
         return ModelConfig(
-            family="gemma3_text",
+            family=cfg["model_type"],
             vocab_size=cfg["vocab_size"],
             dim=cfg["hidden_size"],
             n_layers=n_layers,
@@ -137,15 +142,15 @@ def _gemma3_config(cfg: dict[str, Any], where: str) -> ModelConfig:
             norm_eps=cfg.get("rms_norm_eps", 1e-6),
             norm_offset=1.0,
             norm_position="sandwich",
-            qk_norm=True,
+            qk_norm=gemma3,
             activation="gelu_tanh",
             attn_scale=cfg.get("query_pre_attn_scalar", 256) ** -0.5,
-            attn_softcap=cfg.get("attn_logit_softcapping"),
+            attn_softcap=None if gemma3 else cfg.get("attn_logit_softcapping"),  # Gemma 3 ignores it
             final_softcap=cfg.get("final_logit_softcapping"),
             sliding_window=cfg.get("sliding_window"),
             layer_types=["sliding" if t == "sliding_attention" else "full" for t in types],
             rope_theta=float(full["rope_theta"]),
-            rope_local_theta=float(local["rope_theta"]),
+            rope_local_theta=float(local["rope_theta"]) if gemma3 else None,
             rope_scaling=scaling,
             tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
             embed_scale=cfg["hidden_size"] ** 0.5,
@@ -177,7 +182,7 @@ _HF_NAMES = [
         r"layers.\1.ffn.experts.\2.down_proj.weight",
     ),
 ]
-# Gemma's four norms per layer: its "post_attention_layernorm" is the norm *after* attention, not the
+# Gemma 2 and 3 have four norms per layer: "post_attention_layernorm" is the norm *after* attention, not the
 # pre-FFN norm that Llama's tensor of the same name is.
 _GEMMA3_NAMES = [
     (r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight", r"layers.\1.attn.\2_norm.weight"),
@@ -223,6 +228,7 @@ _IGNORED = re.compile(
 def hf_name_table(family: str) -> list[tuple[str, str]]:
     """The (Hugging Face regex, our name) table of a family; export inverts it."""
     tables = {
+        "gemma2": _GEMMA3_NAMES + _HF_NAMES,  # Gemma 2 has the same four norms, no QK-norm
         "gemma3_text": _GEMMA3_NAMES + _HF_NAMES,
         "qwen2_moe": _QWEN2_MOE_NAMES + _HF_NAMES,
         "gpt2": _GPT2_NAMES,

@@ -16,7 +16,8 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize(
-    "kind", ["llama", "llama-bias-untied", "mistral", "qwen2", "mixtral", "qwen2_moe", "gemma3", "gpt2"]
+    "kind",
+    ["llama", "llama-bias-untied", "mistral", "qwen2", "mixtral", "qwen2_moe", "gemma2", "gemma3", "gpt2"],
 )
 def test_export_loads_in_transformers(kind, tmp_path):
     ours = roundtrip(tiny(kind), tmp_path / "in")

@@ -44,6 +44,11 @@ def tiny(kind: str, **overrides):
         cfg = T.Gemma3TextConfig(**COMMON, num_key_value_heads=2, head_dim=16, sliding_window=6, query_pre_attn_scalar=12,
                                  layer_types=["sliding_attention", "sliding_attention", "full_attention"])  # fmt: skip
         return T.Gemma3ForCausalLM(cfg)
+    if kind == "gemma2":  # logit soft-capping in attention and output (eager: SDPA cannot cap)
+        cfg = T.Gemma2Config(**COMMON, num_key_value_heads=2, head_dim=16, sliding_window=6, attn_logit_softcapping=3.0,
+                             final_logit_softcapping=5.0, query_pre_attn_scalar=16)  # fmt: skip
+        cfg._attn_implementation = "eager"
+        return T.Gemma2ForCausalLM(cfg)
     if kind == "gpt2":
         cfg = T.GPT2Config(
             vocab_size=211, n_embd=64, n_layer=3, n_head=8, n_positions=128, bos_token_id=0, eos_token_id=0
@@ -72,7 +77,18 @@ def inputs(b: int = 3, t: int = 17, vocab: int = 211, pad: bool = True):
 
 
 @pytest.mark.parametrize(
-    "kind", ["llama", "llama-bias-untied", "mistral", "qwen2", "mixtral", "qwen2_moe", "gemma3", "gpt2"]
+    "kind",
+    [
+        "llama",
+        "llama-bias-untied",
+        "mistral",
+        "qwen2",
+        "mixtral",
+        "qwen2_moe",
+        "gemma3",
+        "gemma2",
+        "gpt2",
+    ],
 )
 def test_logits_match_transformers(kind, tmp_path):
     hf = tiny(kind)
