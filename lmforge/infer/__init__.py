@@ -1,0 +1,1 @@
+"""Inference: sampling, KV-cache generation, batching, speculative and constrained decoding."""
