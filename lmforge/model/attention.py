@@ -61,23 +61,26 @@ def build_mask(
     dtype: torch.dtype,
     device: torch.device,
     b: int = 1,
+    offset: int = 0,
 ) -> torch.Tensor | None:
-    """Additive mask (B, 1, T, T): 0 where a query may look, the dtype's minimum where it may not.
+    """Additive mask (B, 1, T, offset + T): 0 where a query may look, the dtype's minimum where not.
 
-    attention_mask (B, T) marks real tokens with 1 and padding with 0. We use the most negative finite
-    number rather than -inf so a row with nothing to see (a padding query) gives a uniform average, not
-    NaN, as Hugging Face does.
+    The T queries sit at positions offset .. offset + T - 1 (offset > 0 when earlier tokens are in a KV
+    cache) and see keys 0 .. offset + T - 1. attention_mask (B, offset + T) marks real tokens with 1 and
+    padding with 0. We use the most negative finite number rather than -inf so a row with nothing to see
+    (a padding query) gives a uniform average, not NaN, as Hugging Face does.
     """
     if not causal and window is None and attention_mask is None:
         return None
-    q = torch.arange(t, device=device)[:, None]
-    k = torch.arange(t, device=device)[None, :]
-    allowed = torch.ones(t, t, dtype=torch.bool, device=device)
+    s = offset + t
+    q = torch.arange(offset, s, device=device)[:, None]
+    k = torch.arange(s, device=device)[None, :]
+    allowed = torch.ones(t, s, dtype=torch.bool, device=device)
     if causal:
         allowed &= k <= q
     if window is not None:
         allowed &= k > q - window  # the query itself and the window - 1 tokens before it
-    allowed = allowed[None, None].expand(b, 1, t, t)
+    allowed = allowed[None, None].expand(b, 1, t, s)
     if attention_mask is not None:
         allowed = allowed & attention_mask[:, None, None, :].bool()
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
@@ -87,6 +90,7 @@ def build_mask(
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
+        self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.head_dim)
         self.softcap = cfg.attn_softcap
@@ -106,10 +110,12 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
         kv: torch.Tensor | None = None,
+        cache=None,
     ) -> torch.Tensor:
         """x (B, T, D) → (B, T, D). kv (B, S, D): attend to another sequence (cross-attention, the
         encoder's output in an encoder–decoder); by default x attends to itself. mask is additive and
-        (B or 1, 1 or H, T, S): it can carry a learned position bias too (T5)."""
+        (B or 1, 1 or H, T, S): it can carry a learned position bias too (T5). cache: a KV cache
+        (lmforge.infer.kv_cache) that stores this call's keys and values and returns all so far."""
         b, t, _ = x.shape
         src = x if kv is None else kv
         s = src.shape[1]
@@ -120,9 +126,11 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, Hkv, offset + T, D): the past and the new
         # No mask from the caller on causal self-attention means "plain causal": SDPA's is_causal
         # uses a faster kernel than an explicit (T, T) mask and we skip building one.
-        causal = self.causal and mask is None and kv is None and t > 1
+        causal = self.causal and mask is None and kv is None and t > 1 and k.shape[2] == t
         if self.use_sdpa and self.softcap is None:
             y = F.scaled_dot_product_attention(
                 q,

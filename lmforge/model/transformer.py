@@ -34,14 +34,14 @@ class Block(nn.Module):
         if cfg.norm_position == "sandwich":
             self.post_attn_norm, self.post_ffn_norm = make_norm(cfg), make_norm(cfg)
 
-    def forward(self, h: torch.Tensor, rope, mask) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, rope, mask, cache=None) -> torch.Tensor:
         if self.norm_position == "pre":
-            h = h + self.attn(self.attn_norm(h), rope, mask)
+            h = h + self.attn(self.attn_norm(h), rope, mask, cache=cache)
             return h + self.ffn(self.ffn_norm(h))
         if self.norm_position == "post":
-            h = self.attn_norm(h + self.attn(h, rope, mask))
+            h = self.attn_norm(h + self.attn(h, rope, mask, cache=cache))
             return self.ffn_norm(h + self.ffn(h))
-        h = h + self.post_attn_norm(self.attn(self.attn_norm(h), rope, mask))
+        h = h + self.post_attn_norm(self.attn(self.attn_norm(h), rope, mask, cache=cache))
         return h + self.post_ffn_norm(self.ffn(self.ffn_norm(h)))
 
 
@@ -105,16 +105,25 @@ class Transformer(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        cache=None,
     ) -> torch.Tensor:
-        """The final hidden states (B, T, D), before the output norm."""
+        """The final hidden states (B, T, D), before the output norm.
+
+        With a KV cache holding `offset` earlier tokens, input_ids are the next T tokens: they take
+        positions offset .. offset + T - 1 and attend to the cached keys too; attention_mask, if given,
+        covers all offset + T tokens.
+        """
         cfg = self.config
         b, t = input_ids.shape
-        if t > cfg.max_seq_len and cfg.position in ("learned", "sinusoidal"):
-            raise ValueError(f"sequence of {t} tokens is longer than the model's {cfg.max_seq_len} positions")
+        offset = cache.length if cache is not None else 0
+        if offset + t > cfg.max_seq_len and cfg.position in ("learned", "sinusoidal"):
+            raise ValueError(
+                f"sequence of {offset + t} tokens is longer than the model's {cfg.max_seq_len} positions"
+            )
         positions = (
             position_ids
             if position_ids is not None
-            else torch.arange(t, device=input_ids.device)[None].expand(b, t)
+            else torch.arange(offset, offset + t, device=input_ids.device)[None].expand(b, t)
         )
         h = self.embed(input_ids)  # (B, T, D)
         if cfg.embed_scale != 1.0:
@@ -125,20 +134,22 @@ class Transformer(nn.Module):
         elif cfg.position == "sinusoidal":
             h = h + self.sinusoid[positions].to(h.dtype)
         rope, rope_local = self._rope(positions, t, h.dtype)
-        # Without padding, full causal layers need no mask tensor (attention then uses is_causal).
+        # No mask tensor when attention can say it alone: plain causal over a fresh sequence (is_causal),
+        # or one new token that sees everything cached.
+        plain = attention_mask is None and cfg.causal and (offset == 0 or t == 1)
         full = (
-            build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b)
-            if attention_mask is not None
-            else None
+            None if plain else build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b, offset)
         )
         window = cfg.sliding_window
-        if window is None or (attention_mask is None and cfg.causal and t <= window):
+        if window is None or (attention_mask is None and cfg.causal and offset + t <= window):
             sliding = full  # the window reaches back to the start: plain causal
         else:
-            sliding = build_mask(attention_mask, t, cfg.causal, window, h.dtype, h.device, b)
+            sliding = build_mask(attention_mask, t, cfg.causal, window, h.dtype, h.device, b, offset)
         for layer in self.layers:
             local = layer.attn.sliding
-            h = layer(h, rope_local if local else rope, sliding if local else full)
+            h = layer(h, rope_local if local else rope, sliding if local else full, cache)
+        if cache is not None:
+            cache.advance(t)
         return h
 
     def forward(
@@ -147,10 +158,11 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        cache=None,
     ) -> torch.Tensor:
         """Logits (B, T, V); with logits_to_keep = k > 0 only the last k positions (B, k, V), which is
         all generation needs and saves a (T × V) matrix product."""
-        h = self.hidden_states(input_ids, attention_mask, position_ids)
+        h = self.hidden_states(input_ids, attention_mask, position_ids, cache)
         h = self.norm(h[:, -logits_to_keep:] if logits_to_keep else h)
         logits = self.lm_head(h) if self.lm_head is not None else h @ self.embed.weight.T  # (B, T, V)
         if self.config.final_softcap is not None:
