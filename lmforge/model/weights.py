@@ -24,9 +24,10 @@ from lmforge.model.transformer import Transformer
 
 
 def _fill(
-    model: Transformer, tensors: dict[str, torch.Tensor], where: str, dtype: torch.dtype
-) -> Transformer:
-    """Copy named tensors into the model, checking that every parameter is there with the right shape."""
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str, dtype: torch.dtype
+) -> torch.nn.Module:
+    """Copy named tensors into any of our models (it needs only `.config` and the state dict), checking
+    that every parameter is there with the right shape."""
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
     if missing:
