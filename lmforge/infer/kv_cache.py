@@ -47,5 +47,12 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def crop(self, length: int) -> None:
+        """Forget every token after the first `length` (speculative decoding drops rejected drafts).
+        The stale keys stay in the buffer but lie past `length`, so no step reads them again."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot crop a cache of {self.length} tokens to {length}")
+        self.length = length
+
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2

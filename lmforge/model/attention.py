@@ -61,26 +61,32 @@ def build_mask(
     dtype: torch.dtype,
     device: torch.device,
     b: int = 1,
-    offset: int = 0,
+    offset: int | torch.Tensor = 0,
+    s: int | None = None,
 ) -> torch.Tensor | None:
-    """Additive mask (B, 1, T, offset + T): 0 where a query may look, the dtype's minimum where not.
+    """Additive mask (B, 1, T, S): 0 where a query may look, the dtype's minimum where not.
 
     The T queries sit at positions offset .. offset + T - 1 (offset > 0 when earlier tokens are in a KV
-    cache) and see keys 0 .. offset + T - 1. attention_mask (B, offset + T) marks real tokens with 1 and
-    padding with 0. We use the most negative finite number rather than -inf so a row with nothing to see
-    (a padding query) gives a uniform average, not NaN, as Hugging Face does.
+    cache) and see keys 0 .. offset + T - 1. offset may be a (B,) tensor: each row has its own length
+    (a paged cache batching sequences of different lengths; keys past a row's end are never seen, so
+    ragged rows need no padding mask). S defaults to offset + T. attention_mask (B, S) marks real tokens
+    with 1 and padding with 0. We use the most negative finite number rather than -inf so a row with
+    nothing to see (a padding query) gives a uniform average, not NaN, as Hugging Face does.
     """
     if not causal and window is None and attention_mask is None:
         return None
-    s = offset + t
-    q = torch.arange(offset, s, device=device)[:, None]
-    k = torch.arange(s, device=device)[None, :]
-    allowed = torch.ones(t, s, dtype=torch.bool, device=device)
+    per_row = isinstance(offset, torch.Tensor)
+    if s is None:
+        s = (int(offset.max()) if per_row else offset) + t
+    start = offset.to(device)[:, None, None] if per_row else offset
+    q = start + torch.arange(t, device=device)[:, None]  # (T, 1) or (B, T, 1): query positions
+    k = torch.arange(s, device=device)[None, :]  # (1, S)
+    allowed = torch.ones(q.shape[:-1] + (s,), dtype=torch.bool, device=device)
     if causal:
         allowed &= k <= q
     if window is not None:
         allowed &= k > q - window  # the query itself and the window - 1 tokens before it
-    allowed = allowed[None, None].expand(b, 1, t, s)
+    allowed = (allowed[:, None] if per_row else allowed[None, None]).expand(b, 1, t, s)
     if attention_mask is not None:
         allowed = allowed & attention_mask[:, None, None, :].bool()
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)

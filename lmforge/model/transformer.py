@@ -13,6 +13,7 @@ ModelConfig; nothing here knows a family's name. Read it top to bottom:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -106,25 +107,30 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache=None,
+        layers: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """The final hidden states (B, T, D), before the output norm.
 
         With a KV cache holding `offset` earlier tokens, input_ids are the next T tokens: they take
         positions offset .. offset + T - 1 and attend to the cached keys too; attention_mask, if given,
-        covers all offset + T tokens.
+        covers all offset + T tokens. A paged cache gives each row its own offset, a (B,) tensor.
+        layers: run only these blocks (a self-speculative draft that skips layers); default all.
         """
         cfg = self.config
         b, t = input_ids.shape
         offset = cache.length if cache is not None else 0
-        if offset + t > cfg.max_seq_len and cfg.position in ("learned", "sinusoidal"):
+        per_row = isinstance(offset, torch.Tensor)
+        longest = (int(offset.max()) if per_row else offset) + t
+        if longest > cfg.max_seq_len and cfg.position in ("learned", "sinusoidal"):
             raise ValueError(
-                f"sequence of {offset + t} tokens is longer than the model's {cfg.max_seq_len} positions"
+                f"sequence of {longest} tokens is longer than the model's {cfg.max_seq_len} positions"
             )
-        positions = (
-            position_ids
-            if position_ids is not None
-            else torch.arange(offset, offset + t, device=input_ids.device)[None].expand(b, t)
-        )
+        if position_ids is not None:
+            positions = position_ids
+        elif per_row:
+            positions = offset.to(input_ids.device)[:, None] + torch.arange(t, device=input_ids.device)
+        else:
+            positions = torch.arange(offset, offset + t, device=input_ids.device)[None].expand(b, t)
         h = self.embed(input_ids)  # (B, T, D)
         if cfg.embed_scale != 1.0:
             # Gemma rounds the scale to the model dtype before multiplying, as its reference code does.
@@ -136,16 +142,17 @@ class Transformer(nn.Module):
         rope, rope_local = self._rope(positions, t, h.dtype)
         # No mask tensor when attention can say it alone: plain causal over a fresh sequence (is_causal),
         # or one new token that sees everything cached.
-        plain = attention_mask is None and cfg.causal and (offset == 0 or t == 1)
+        plain = attention_mask is None and cfg.causal and not per_row and (offset == 0 or t == 1)
         full = (
             None if plain else build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b, offset)
         )
         window = cfg.sliding_window
-        if window is None or (attention_mask is None and cfg.causal and offset + t <= window):
+        if window is None or (attention_mask is None and cfg.causal and longest <= window):
             sliding = full  # the window reaches back to the start: plain causal
         else:
             sliding = build_mask(attention_mask, t, cfg.causal, window, h.dtype, h.device, b, offset)
-        for layer in self.layers:
+        for i in range(len(self.layers)) if layers is None else layers:
+            layer = self.layers[i]
             local = layer.attn.sliding
             h = layer(h, rope_local if local else rope, sliding if local else full, cache)
         if cache is not None:
@@ -159,10 +166,11 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         cache=None,
+        layers: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V); with logits_to_keep = k > 0 only the last k positions (B, k, V), which is
-        all generation needs and saves a (T × V) matrix product."""
-        h = self.hidden_states(input_ids, attention_mask, position_ids, cache)
+        all generation needs and saves a (T × V) matrix product. layers: see hidden_states."""
+        h = self.hidden_states(input_ids, attention_mask, position_ids, cache, layers)
         h = self.norm(h[:, -logits_to_keep:] if logits_to_keep else h)
         logits = self.lm_head(h) if self.lm_head is not None else h @ self.embed.weight.T  # (B, T, V)
         if self.config.final_softcap is not None:

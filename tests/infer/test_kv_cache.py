@@ -54,3 +54,32 @@ def test_greedy_generation_equals_transformers(smollm2_gguf):
         want = hf.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
         got = generate_ids(ours, ids, 32)
         assert got.tolist() == want[0, ids.shape[1] :].tolist(), prompt
+
+
+def test_per_row_offsets_mask_each_row_at_its_own_length():
+    """A (B,) offset (a paged cache of ragged rows) gives each row the mask it would get alone."""
+    from lmforge.model.attention import build_mask
+
+    offsets = torch.tensor([0, 3, 6])
+    for window in (None, 4):
+        got = build_mask(None, 2, True, window, torch.float32, torch.device("cpu"), 3, offsets)  # (3, 1, 2, 8)
+        for row, off in enumerate(offsets.tolist()):
+            alone = build_mask(None, 2, True, window, torch.float32, torch.device("cpu"), 1, off)
+            s = off + 2
+            assert torch.equal(got[row, :, :, :s], alone[0]), (window, row)
+            assert (got[row, :, :, s:] < -1e30).all()  # keys past the row's end are never seen
+
+
+def test_crop_drops_the_tail(tmp_path):
+    model = roundtrip(tiny("llama"), tmp_path)
+    ids = torch.randint(0, 211, (1, 10), generator=torch.Generator().manual_seed(0))
+    cache = KVCache(model.config, 1, 16, torch.float32)
+    with torch.no_grad():
+        model(ids[:, :6], cache=cache)
+        model(ids[:, 6:9], cache=cache)  # three "draft" tokens
+        cache.crop(7)  # keep one of them
+        got = model(ids[:, 7:10], cache=cache)
+        full = model(ids)
+    assert (got - full[:, 7:10]).abs().max() < 1e-4 and cache.length == 10
+    with pytest.raises(ValueError, match="cannot crop"):
+        cache.crop(11)
