@@ -62,7 +62,9 @@ def test_per_row_offsets_mask_each_row_at_its_own_length():
 
     offsets = torch.tensor([0, 3, 6])
     for window in (None, 4):
-        got = build_mask(None, 2, True, window, torch.float32, torch.device("cpu"), 3, offsets)  # (3, 1, 2, 8)
+        got = build_mask(
+            None, 2, True, window, torch.float32, torch.device("cpu"), 3, offsets
+        )  # (3, 1, 2, 8)
         for row, off in enumerate(offsets.tolist()):
             alone = build_mask(None, 2, True, window, torch.float32, torch.device("cpu"), 1, off)
             s = off + 2
