@@ -167,9 +167,14 @@ class StopText:
         return out
 
 
+# Tokens that end a chat turn: a model trained with a template stops on its turn's end token, which is not
+# always the tokenizer's eos (Gemma's turn ends with <end_of_turn>, its eos is <eos>).
+TURN_ENDS = ("<|endoftext|>", "<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
+
+
 def end_ids(tok) -> set[int]:
-    """The ids that end a generation: the tokenizer's end token, and <|endoftext|> where it exists."""
-    return {i for i in (tok.eos_id, tok.token_to_id("<|endoftext|>")) if i is not None}
+    """The ids that end a generation: the tokenizer's end token and any turn-end token it has."""
+    return {i for i in (tok.eos_id, *(tok.token_to_id(t) for t in TURN_ENDS)) if i is not None}
 
 
 def _prepare(model_or_name, prompt_or_messages, ignore_eos: bool, sampling: dict):
