@@ -151,6 +151,126 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"\nsaved the {trained.vocab_size}-token tokenizer to {args.out}")
 
 
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+                  "presence_penalty", "seed")  # fmt: skip
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags every command that runs a chat model shares: which weights, how stored, how sampled."""
+    p.add_argument(
+        "--dtype", default="float32", help="float32 or bfloat16 (activations and unquantized weights)"
+    )
+    p.add_argument(
+        "--quantize", choices=["int8", "int4"], help="weight-only quantization applied at load time"
+    )
+    p.add_argument("--max-tokens", type=int, default=512, help="most new tokens per answer")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--seed", type=int, help="same seed, same text")
+    p.add_argument("--system", help="system prompt")
+
+
+def _load_chat_model(args: argparse.Namespace):
+    from lmforge.infer.sampling import SamplingParams
+    from lmforge.model import load_model
+
+    sampling = {k: getattr(args, k) for k in SAMPLING_FLAGS}
+    SamplingParams(**sampling)  # bad values fail here, before the model loads
+    kwargs = {"quantize": args.quantize} if args.quantize else {}
+    model = load_model(args.model, dtype=args.dtype, **kwargs)
+    if getattr(model, "tokenizer", None) is None or not hasattr(model, "config"):
+        raise ValueError(f"{args.model} is not a chat model with a tokenizer (a decoder LM is needed)")
+    return model, sampling
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from lmforge.infer.chat import ChatSession, run_chat
+
+    model, sampling = _load_chat_model(args)
+    run_chat(ChatSession(model, args.system, args.max_tokens, sampling))
+
+
+def _constraint(args: argparse.Namespace, model):
+    from lmforge.infer import constrained as c
+
+    tok, v = model.tokenizer, model.config.vocab_size
+    if args.json_schema:
+        schema = Path(args.json_schema).read_text() if Path(args.json_schema).is_file() else args.json_schema
+        return c.json_schema_constraint(schema, tok, v)
+    if args.regex:
+        return c.regex_constraint(args.regex, tok, v)
+    if args.choice:
+        return c.choice_constraint(args.choice, tok, v)
+    return None
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    """One prompt in, one answer out; --json adds token counts and prefill/decode speeds."""
+    import torch
+
+    from lmforge.infer.generate import StopText, end_ids, stream_ids, text_deltas
+    from lmforge.infer.sampling import SamplingParams
+
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        raise ValueError("empty prompt: pass --prompt TEXT or pipe text on standard input")
+    model, sampling = _load_chat_model(args)
+    tok = model.tokenizer
+    if args.raw:
+        text = prompt
+    else:
+        head = [{"role": "system", "content": args.system}] if args.system else []
+        text = tok.apply_chat_template(
+            head + [{"role": "user", "content": prompt}], add_generation_prompt=True
+        )
+    ids = tok.encode(text)
+    room = model.config.max_seq_len - len(ids)
+    if room <= 0:
+        raise ValueError(
+            f"the prompt has {len(ids)} tokens; the model's context window is {model.config.max_seq_len}"
+        )
+    eos = set() if args.ignore_eos else end_ids(tok)
+    tokens: list[int] = []
+
+    def counted():
+        for t in stream_ids(model, torch.tensor([ids]), min(args.max_tokens, room), SamplingParams(**sampling),
+                            eos, _constraint(args, model)):  # fmt: skip
+            tokens.append(t)
+            if len(tokens) == 1:
+                times.append(time.perf_counter())
+            yield t
+
+    cut, out = StopText(args.stop or []), []
+    times = [time.perf_counter()]
+    for piece in text_deltas(tok, counted()):
+        shown = cut.push(piece)
+        out.append(shown)
+        if not args.json:
+            print(shown, end="", flush=True)
+        if cut.stopped:
+            break
+    out.append(cut.flush())
+    end = time.perf_counter()
+    if not args.json:
+        print(out[-1])
+        return
+    first = times[1] if len(times) > 1 else end
+    decode_s = end - first
+    print(json.dumps({
+        "text": "".join(out),
+        "prompt_tokens": len(ids),
+        "completion_tokens": len(tokens),
+        "time_to_first_token_s": round(first - times[0], 4),
+        "prefill_tokens_per_s": round(len(ids) / max(first - times[0], 1e-9), 1),
+        "decode_tokens_per_s": round((len(tokens) - 1) / decode_s, 1) if len(tokens) > 1 and decode_s > 0 else None,
+    }, ensure_ascii=False))  # fmt: skip
+
+
 def _show(token: bytes) -> str:
     """A token as text, or as its bytes when it is only part of a UTF-8 character."""
     try:
@@ -176,6 +296,36 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="model name, .gguf file or Hugging Face folder")
     i.add_argument("--seq-len", type=int, default=512, help="context length for the FLOP count")
     i.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("chat", help="talk to a model in the terminal (streaming; /reset, /system)")
+    c.add_argument(
+        "model", nargs="?", default="smollm2-135m-instruct", help="model name, .gguf file or folder"
+    )
+    add_model_args(c)
+    c.set_defaults(func=cmd_chat)
+
+    g = sub.add_parser("generate", help="one-shot generation: --prompt TEXT or standard input")
+    g.add_argument(
+        "model", nargs="?", default="smollm2-135m-instruct", help="model name, .gguf file or folder"
+    )
+    g.add_argument("--prompt", "-p", help="the prompt (default: read standard input)")
+    g.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    g.add_argument("--stop", action="append", help="stop before this string (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true", help="run to --max-tokens even past an end token")
+    g.add_argument(
+        "--json", action="store_true", help="print JSON: text, token counts, prefill/decode tokens/s"
+    )
+    g.add_argument("--json-schema", help="constrain the output to this JSON schema (a file or inline JSON)")
+    g.add_argument("--regex", help="constrain the output to match this regular expression")
+    g.add_argument("--choice", nargs="+", help="constrain the output to one of these strings")
+    add_model_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    from lmforge.serve.launch import add_serve_arguments, run_serve  # argparse only: no torch, no FastAPI
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible API server with a web chat page")
+    add_serve_arguments(sv)
+    sv.set_defaults(func=run_serve)
 
     t = sub.add_parser("tokenizer", help="train, inspect and run tokenizers")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True)
