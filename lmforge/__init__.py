@@ -5,11 +5,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def load_model(name_or_path, dtype=None, device=None):
+def load_model(name_or_path, dtype=None, device=None, quantize=None):
     """See lmforge.model.load_model (imported lazily: torch loads only when a model is asked for)."""
     from lmforge.model import load_model as _load
 
-    return _load(name_or_path, dtype=dtype, device=device)
+    return _load(name_or_path, dtype=dtype, device=device, quantize=quantize)
 
 
 def load_tokenizer(name_or_path):
