@@ -158,7 +158,8 @@ SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The flags every command that runs a chat model shares: which weights, how stored, how sampled."""
     p.add_argument(
-        "--dtype", default="float32", help="float32 or bfloat16 (activations and unquantized weights)"
+        "--dtype",
+        help="float32 or bfloat16 (default float32; bfloat16 with --quantize, which its kernels need)",
     )
     p.add_argument(
         "--quantize", choices=["int8", "int4"], help="weight-only quantization applied at load time"

@@ -35,15 +35,9 @@ def serve(
     from lmforge.model import load_model
     from lmforge.serve.app import create_app
 
-    if quantize not in (None, "int8", "int4"):
-        raise ValueError(f"quantize must be int8 or int4, got {quantize!r}")
-    chat = load_model(model)
+    chat = load_model(model, quantize=quantize)  # int8/int4: bfloat16 activations, faster CPU decoding
     if getattr(chat, "tokenizer", None) is None or not hasattr(chat, "embed"):
         raise ValueError(f"'{model}' is not a chat/text model with a tokenizer (it cannot generate)")
-    if quantize:  # weight-only int8/int4 (bfloat16 activations): faster decoding on a CPU
-        from lmforge.model.quantize import quantize_model
-
-        chat = quantize_model(chat, quantize)
     emb = load_model(embedder) if embedder else None
     if emb is not None and not hasattr(emb, "encode"):
         raise ValueError(f"'{embedder}' is not an embedding model (it has no encode(texts))")
