@@ -68,8 +68,12 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.dim, ffn_dim, bias=cfg.mlp_bias) if cfg.gated_ffn else None
         self.up_proj = nn.Linear(cfg.dim, ffn_dim, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(ffn_dim, cfg.dim, bias=cfg.mlp_bias)
+        self.gate_up_proj = None  # gate and up in one matmul (lmforge.model.quantize.fuse_projections)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(self.act(gate) * up)
         if self.gate_proj is not None:
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(self.act(self.up_proj(x)))

@@ -93,7 +93,7 @@ def test_tiny_models(kind, mode, tmp_path):
         ref = model(ids)
         quantize_model(model, mode)
         out = model(ids)
-    assert isinstance(model.layers[0].attn.q_proj, QuantLinear)
+    assert isinstance(model.layers[0].attn.qkv_proj, QuantLinear)  # q, k, v quantized and fused
     assert isinstance(model.lm_head, QuantLinear)  # tied or not, the head is quantized too
     if kind == "mixtral":
         assert isinstance(model.layers[0].ffn.router, nn.Linear)  # routers stay in floating point
@@ -107,7 +107,8 @@ def test_load_model_quantizes_a_hugging_face_folder(tmp_path):
     ref = roundtrip(tiny("qwen2"), tmp_path)  # saves the folder too
     model = lmforge.load_model(tmp_path, quantize="int4")
     assert (
-        isinstance(model.layers[0].attn.q_proj, QuantLinear) and model.layers[0].attn.q_proj.bias is not None
+        isinstance(model.layers[0].attn.qkv_proj, QuantLinear)
+        and model.layers[0].attn.qkv_proj.bias is not None
     )
     ids = torch.tensor([[5, 17, 42, 7, 99]])
     with torch.no_grad():
@@ -153,17 +154,18 @@ def smollm2():
 
 def test_loaded_int4_runs_the_files_codes(smollm2, smollm2_gguf):
     fp32, int4 = smollm2["fp32"], smollm2["int4"]
-    layer = int4.layers[0].ffn.up_proj
+    layer = int4.layers[0].ffn.gate_up_proj  # gate and up fused: up is the second half
     assert isinstance(layer, QuantLinear) and layer.mode == "int4"
     w = fp32.layers[0].ffn.up_proj.weight.detach()
     q, _, _ = int4_from_gguf(*gguf_tensor(smollm2_gguf, "blk.0.ffn_up.weight"))
-    assert torch.equal(layer.codes(), q)  # the file's own codes, not re-quantized ones
+    assert torch.equal(layer.codes()[w.shape[0] :], q)  # the file's own codes, not re-quantized ones
     # only the scale and zero are rounded (to bfloat16): ~2^-9 of a group's values
-    deq = layer.dequantize()
+    deq = layer.dequantize()[w.shape[0] :]
     assert 0 < rel(deq, w) < 0.01
     assert rel(deq, w) < rel(QuantLinear.from_linear(w, "int4", 64).dequantize(), w)
     # the permuted q/k rows (llama.cpp's RoPE layout) are undone for the codes too
-    assert rel(int4.layers[3].attn.q_proj.dequantize(), fp32.layers[3].attn.q_proj.weight.detach()) < 0.01
+    wq = fp32.layers[3].attn.q_proj.weight.detach()
+    assert rel(int4.layers[3].attn.qkv_proj.dequantize()[: wq.shape[0]], wq) < 0.01
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
@@ -191,3 +193,26 @@ def test_head_can_stay_in_bfloat16(tmp_path):
     )
     assert model.inv_freq.dtype == torch.float32  # RoPE frequencies keep their precision
     assert model(torch.tensor([[1, 2, 3]])).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_fused_projections_give_the_same_logits(mode, tmp_path):
+    """q/k/v and gate/up fused into one matmul each: the same codes and scales, so the same outputs."""
+    from lmforge.model.quantize import _cast_floats, _replace_linears, fuse_projections, quantize_model
+    from tests.model.test_families import roundtrip, tiny
+
+    torch.manual_seed(0)
+    hf = tiny("llama")
+    fused, unfused = roundtrip(hf, tmp_path / "a"), roundtrip(hf, tmp_path / "b")
+    quantize_model(fused, mode, group_size=32, head=None)
+    _replace_linears(unfused, mode, 32, torch.bfloat16)  # the same quantization, left unfused
+    _cast_floats(unfused, torch.bfloat16)
+    blk = fused.layers[0]
+    assert blk.attn.q_proj is None and blk.attn.qkv_proj.out_features == 64 + 2 * 16
+    assert blk.ffn.gate_proj is None and blk.ffn.gate_up_proj.out_features == 2 * 96
+    assert unfused.layers[0].attn.qkv_proj is None
+    ids = torch.randint(0, 211, (2, 9))
+    with torch.no_grad():
+        want, got = unfused(ids).float(), fused(ids).float()
+    assert (got - want).abs().max() <= 1e-2 * want.abs().max(), mode
+    assert fuse_projections(fused) is fused and fused.layers[0].attn.qkv_proj is blk.attn.qkv_proj
