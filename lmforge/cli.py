@@ -210,6 +210,14 @@ def _constraint(args: argparse.Namespace, model):
     return None
 
 
+def _stdin_text() -> str:
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"standard input is not UTF-8 text (invalid byte at offset {e.start})") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     """One prompt in, one answer out; --json adds token counts and prefill/decode speeds."""
     import torch
@@ -217,7 +225,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from lmforge.infer.generate import StopText, end_ids, stream_ids, text_deltas
     from lmforge.infer.sampling import SamplingParams
 
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    prompt = args.prompt if args.prompt is not None else _stdin_text()
     if not prompt.strip():
         raise ValueError("empty prompt: pass --prompt TEXT or pipe text on standard input")
     model, sampling = _load_chat_model(args)

@@ -47,6 +47,15 @@ def test_bad_input_is_a_clear_message(argv, message):
     assert message in str(e.value)
 
 
+def test_non_utf8_stdin_is_a_clear_message(monkeypatch):
+    class Stdin:
+        buffer = io.BytesIO(b"caf\xe9 au lait")
+
+    monkeypatch.setattr("sys.stdin", Stdin())
+    with pytest.raises(SystemExit, match="not UTF-8 text"):
+        main(["generate"])
+
+
 def test_chat_keeps_history_and_obeys_commands():
     import lmforge
 
