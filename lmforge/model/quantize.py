@@ -442,4 +442,17 @@ def load_gguf_quantized(
     ]
     if unexpected:
         raise ValueError(f"{path}: tensors with no place in a {cfg.family} model: {unexpected[:3]}")
-    return fuse_projections(model).eval()
+    fuse_projections(model)
+    release_freed_memory()
+    return model.eval()
+
+
+def release_freed_memory() -> None:
+    """Give the float temporaries of loading back to the OS. glibc keeps freed heap pages for reuse, so
+    without this an int4 SmolLM2 stays at ~700 MB resident instead of ~450 MB. Linux/glibc only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # another libc or OS: nothing to do
+        pass
