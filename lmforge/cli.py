@@ -246,9 +246,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
     eos = set() if args.ignore_eos else end_ids(tok)
     tokens: list[int] = []
 
+    def tokens_from_model():
+        params, n = SamplingParams(**sampling), min(args.max_tokens, room)
+        if not args.speculative:
+            return stream_ids(model, torch.tensor([ids]), n, params, eos, _constraint(args, model))
+        from lmforge.infer.speculative import LayerSkipDrafter, NgramDrafter, speculative_stream_ids
+
+        if args.json_schema or args.regex or args.choice:
+            raise ValueError("--speculative does not combine with --json-schema/--regex/--choice")
+        drafter = NgramDrafter() if args.speculative == "ngram" else LayerSkipDrafter(model)
+        return speculative_stream_ids(
+            model, torch.tensor([ids]), n, params, drafter, eos, args.num_draft, stats
+        )
+
+    stats: dict = {}
+
     def counted():
-        for t in stream_ids(model, torch.tensor([ids]), min(args.max_tokens, room), SamplingParams(**sampling),
-                            eos, _constraint(args, model)):  # fmt: skip
+        for t in tokens_from_model():
             tokens.append(t)
             if len(tokens) == 1:
                 times.append(time.perf_counter())
@@ -277,6 +291,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         "time_to_first_token_s": round(first - times[0], 4),
         "prefill_tokens_per_s": round(len(ids) / max(first - times[0], 1e-9), 1),
         "decode_tokens_per_s": round((len(tokens) - 1) / decode_s, 1) if len(tokens) > 1 and decode_s > 0 else None,
+        **({"speculative": stats} if stats else {}),
     }, ensure_ascii=False))  # fmt: skip
 
 
@@ -327,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json-schema", help="constrain the output to this JSON schema (a file or inline JSON)")
     g.add_argument("--regex", help="constrain the output to match this regular expression")
     g.add_argument("--choice", nargs="+", help="constrain the output to one of these strings")
+    g.add_argument(
+        "--speculative", choices=["ngram", "layerskip"], help="draft-and-verify decoding (same output)"
+    )
+    g.add_argument("--num-draft", type=int, default=4, help="tokens drafted per verification (--speculative)")
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
 

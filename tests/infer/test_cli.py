@@ -20,6 +20,18 @@ def test_generate_json_reports_counts_and_speeds(capsys):
     assert out["prefill_tokens_per_s"] > 0 and out["time_to_first_token_s"] > 0
 
 
+@pytest.mark.parametrize("drafter", ["ngram", "layerskip"])
+def test_speculative_generate_gives_the_plain_greedy_text(drafter, capsys):
+    argv = ["generate", "--prompt", "Repeat exactly: the cat sat on the mat, the cat sat on the mat.",
+            "--temperature", "0", "--max-tokens", "24", "--json"]  # fmt: skip
+    main(argv)
+    plain = json.loads(capsys.readouterr().out)
+    main(argv + ["--speculative", drafter, "--num-draft", "3"])
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["text"] == plain["text"] and fast["completion_tokens"] == plain["completion_tokens"]
+    assert fast["speculative"]["drafted"] > 0 and 0 <= fast["speculative"]["acceptance_rate"] <= 1
+
+
 def test_generate_reads_stdin_and_obeys_a_choice(capsys, monkeypatch):
     monkeypatch.setattr(
         "sys.stdin",
