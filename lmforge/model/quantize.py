@@ -370,7 +370,7 @@ def load_gguf_quantized(
     from lmforge.model.families import config_from_gguf, gguf_name_to_ours
     from lmforge.model.quant import QT, dequantize
     from lmforge.model.transformer import Transformer
-    from lmforge.model.weights import empty_model, unpermute_qk
+    from lmforge.model.weights import empty_model, gguf_tensor_name, qk_heads, undo_gguf_layout, unpermute_qk
     from lmforge.tokenizer.gguf_metadata import read_gguf_tensor_infos
 
     check_mode(mode, group_size)
@@ -390,38 +390,27 @@ def load_gguf_quantized(
     plain: dict[str, torch.Tensor] = {}
     biases: dict[str, torch.Tensor] = {}
     for info in infos:
-        ours = gguf_name_to_ours(info.name)
+        ours = gguf_tensor_name(info.name, cfg, path)
         if ours is None:
-            if info.name.startswith("rope_freqs"):
-                continue
-            raise ValueError(f"{path}: unknown tensor {info.name!r} for a {cfg.family} model")
+            continue
         file.seek(info.offset)
         raw = np.frombuffer(file.read(info.nbytes), dtype=np.uint8)
         module, _, kind = ours.rpartition(".")
-        # llama.cpp permutes Llama's q/k rows for its RoPE; undo it on whatever we hold per row
-        heads = None
-        if cfg.family == "llama" and module.endswith("attn.q_proj"):
-            heads = cfg.n_heads
-        elif cfg.family == "llama" and module.endswith("attn.k_proj"):
-            heads = cfg.n_kv_heads
         lin_mode = head if module == "lm_head" else mode
         if module in linears and kind == "weight" and lin_mode is not None:
             if reuse_blocks and lin_mode == "int4" and group_size == 32 and info.qtype in (QT.Q4_0, QT.Q4_1):
+                # the file's codes, scales and zeros are all per row: undo llama.cpp's q/k row order on each
+                heads = qk_heads(ours, cfg)
                 q, s, z = int4_from_gguf(raw, info.qtype, info.shape)
                 if heads:
                     q, s, z = (torch.from_numpy(unpermute_qk(t.numpy(), heads)) for t in (q, s, z))
                 layer = QuantLinear.from_int4(q, s, z, 32, dtype=dtype)
             else:
-                w = dequantize(raw, info.qtype, info.shape)
-                w = torch.from_numpy(unpermute_qk(w, heads) if heads else w)
+                w = torch.from_numpy(undo_gguf_layout(dequantize(raw, info.qtype, info.shape), ours, cfg))
                 layer = QuantLinear.from_linear(w, lin_mode, group_size, dtype)
             model.set_submodule(module, layer)
             continue
-        w = dequantize(raw, info.qtype, info.shape)
-        if heads:
-            w = unpermute_qk(w, heads)
-        elif cfg.norm_offset and ours.endswith("norm.weight"):
-            w = w - cfg.norm_offset  # llama.cpp stores Gemma's norms as 1 + w
+        w = undo_gguf_layout(dequantize(raw, info.qtype, info.shape), ours, cfg)
         t = torch.from_numpy(np.ascontiguousarray(w))
         (biases if module in linears and kind == "bias" else plain)[ours] = t
     file.close()

@@ -119,6 +119,34 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def gguf_tensor_name(gguf_name: str, cfg, path) -> str | None:
+    """Our name for a GGUF tensor; None for tensors we recompute (RoPE frequencies); an error otherwise."""
+    ours = gguf_name_to_ours(gguf_name)
+    if ours is None and not gguf_name.startswith("rope_freqs"):
+        raise ValueError(f"{path}: unknown tensor {gguf_name!r} for a {cfg.family} model")
+    return ours
+
+
+def qk_heads(ours: str, cfg) -> int | None:
+    """llama.cpp permutes the rows of Llama's q and k weights for its RoPE layout: the number of heads to
+    un-permute them by (for q/k weights and, row for row, their quantization scales), else None."""
+    if cfg.family == "llama" and ours.rpartition(".")[0].endswith("attn.q_proj"):
+        return cfg.n_heads
+    if cfg.family == "llama" and ours.rpartition(".")[0].endswith("attn.k_proj"):
+        return cfg.n_kv_heads
+    return None
+
+
+def undo_gguf_layout(w: np.ndarray, ours: str, cfg) -> np.ndarray:
+    """What llama.cpp changed in a float tensor, undone: q/k rows permuted, Gemma's norms stored as 1 + w."""
+    heads = qk_heads(ours, cfg)
+    if heads:
+        return unpermute_qk(w, heads)
+    if cfg.norm_offset and ours.endswith("norm.weight"):
+        return w - cfg.norm_offset  # we keep w and add the offset back in RMSNorm
+    return w
+
+
 def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:
     """A GGUF model file (llama.cpp): metadata → config, tensors dequantized and renamed.
 
@@ -133,22 +161,14 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Tr
     data = np.memmap(path, dtype=np.uint8, mode="r")
     tensors: dict[str, torch.Tensor] = {}
     for info in infos:
-        ours = gguf_name_to_ours(info.name)
+        ours = gguf_tensor_name(info.name, cfg, path)
         if ours is None:
-            if info.name.startswith("rope_freqs"):
-                continue
-            raise ValueError(f"{path}: unknown tensor {info.name!r} for a {cfg.family} model")
+            continue
         try:
             w = dequantize(data[info.offset : info.offset + info.nbytes], info.qtype, info.shape)
         except ValueError as e:
             raise ValueError(f"{path}: tensor {info.name!r}: {e}") from None
-        if cfg.family == "llama" and ours.endswith("attn.q_proj.weight"):
-            w = unpermute_qk(w, cfg.n_heads)
-        elif cfg.family == "llama" and ours.endswith("attn.k_proj.weight"):
-            w = unpermute_qk(w, cfg.n_kv_heads)
-        elif cfg.norm_offset and ours.endswith("norm.weight"):
-            w = w - cfg.norm_offset  # llama.cpp stores Gemma's norms as 1 + w; we keep w and add 1 back
-        tensors[ours] = torch.from_numpy(np.ascontiguousarray(w))
+        tensors[ours] = torch.from_numpy(np.ascontiguousarray(undo_gguf_layout(w, ours, cfg)))
     cfg.tie_embeddings = "lm_head.weight" not in tensors
     with empty_model():
         model = Transformer(cfg)
