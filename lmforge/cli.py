@@ -222,7 +222,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     """One prompt in, one answer out; --json adds token counts and prefill/decode speeds."""
     import torch
 
-    from lmforge.infer.generate import StopText, end_ids, stream_ids, text_deltas
+    from lmforge.infer.generate import StopText, end_ids, prompt_ids, stream_ids, text_deltas
     from lmforge.infer.sampling import SamplingParams
 
     prompt = args.prompt if args.prompt is not None else _stdin_text()
@@ -230,14 +230,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise ValueError("empty prompt: pass --prompt TEXT or pipe text on standard input")
     model, sampling = _load_chat_model(args)
     tok = model.tokenizer
-    if args.raw:
-        text = prompt
+    if not args.raw and not getattr(tok, "chat_template", None):
+        print(f"note: {args.model} has no chat template; sending the prompt as it is", file=sys.stderr)
+    if args.raw or not getattr(tok, "chat_template", None):
+        ids = prompt_ids(tok, prompt)
     else:
         head = [{"role": "system", "content": args.system}] if args.system else []
-        text = tok.apply_chat_template(
-            head + [{"role": "user", "content": prompt}], add_generation_prompt=True
-        )
-    ids = tok.encode(text)
+        ids = prompt_ids(tok, head + [{"role": "user", "content": prompt}])
     room = model.config.max_seq_len - len(ids)
     if room <= 0:
         raise ValueError(

@@ -177,6 +177,15 @@ def end_ids(tok) -> set[int]:
     return {i for i in (tok.eos_id, *(tok.token_to_id(t) for t in TURN_ENDS)) if i is not None}
 
 
+def prompt_ids(tok, prompt_or_messages) -> list[int]:
+    """The ids a model sees for a prompt. A conversation (a list of messages) goes through the model's own
+    chat template, ending with the assistant's turn; the template writes any BOS itself. Plain text gets
+    the special tokens the model file asks for (Gemma needs its <bos>, or it babbles)."""
+    if isinstance(prompt_or_messages, str):
+        return tok.encode(prompt_or_messages, add_special_tokens=True)
+    return tok.encode(tok.apply_chat_template(list(prompt_or_messages), add_generation_prompt=True))
+
+
 def _prepare(model_or_name, prompt_or_messages, ignore_eos: bool, sampling: dict):
     if isinstance(model_or_name, str):
         from lmforge.model import load_model
@@ -187,11 +196,7 @@ def _prepare(model_or_name, prompt_or_messages, ignore_eos: bool, sampling: dict
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise ValueError("this model has no tokenizer: set model.tokenizer or load it by name or path")
-    if isinstance(prompt_or_messages, str):
-        text = prompt_or_messages
-    else:  # a conversation: the model's own chat template, ending with the assistant's turn
-        text = tok.apply_chat_template(list(prompt_or_messages), add_generation_prompt=True)
-    ids = torch.tensor([tok.encode(text)], device=model.device)
+    ids = torch.tensor([prompt_ids(tok, prompt_or_messages)], device=model.device)
     context = model.config.max_seq_len
     if ids.shape[1] >= context:
         raise ValueError(f"the prompt has {ids.shape[1]} tokens; the model's context window is {context}")

@@ -26,6 +26,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from lmforge.infer.engine import AsyncEngine, GenerationRequest
+from lmforge.infer.generate import prompt_ids
 from lmforge.infer.sampling import SamplingParams
 from lmforge.serve import responses
 from lmforge.serve.generation import Choice, Fanout, Plan, run_to_end
@@ -214,7 +215,7 @@ class OpenAIServer:
         prompts = []
         for item in items:
             if isinstance(item, str):
-                prompts.append(await asyncio.to_thread(self.tokenizer.encode, item))
+                prompts.append(await asyncio.to_thread(prompt_ids, self.tokenizer, item))  # + BOS if asked
                 continue
             if bad := [t for t in item if not 0 <= t < self.vocab_size]:
                 raise invalid(

@@ -51,3 +51,19 @@ def test_ignore_eos_runs_to_max_tokens(smol):
     assert longer.startswith(short) and len(longer) > len(short)  # the model stops early unless told not to
     ids = torch.tensor([smol.tokenizer.encode("Hi")])
     assert len(generate_ids(smol, ids, 12)) == 12  # no end tokens given: exactly the limit
+
+
+def test_plain_prompts_get_the_special_tokens_the_model_asks_for(smol, gemma_gguf):
+    """Gemma 3 needs its <bos> (without it greedy text degenerates into "are are are ..."); SmolLM2's file
+    asks for none; a conversation gets what its chat template writes."""
+    from lmforge.infer.generate import prompt_ids
+    from lmforge.tokenizer import load_tokenizer
+
+    gemma = load_tokenizer(gemma_gguf)
+    assert prompt_ids(gemma, "The Nile")[0] == gemma.bos_id
+    assert prompt_ids(gemma, "The Nile")[1:] == gemma.encode("The Nile")
+    assert prompt_ids(smol.tokenizer, "The Nile") == smol.tokenizer.encode("The Nile")
+    messages = [{"role": "user", "content": "Hi"}]
+    assert prompt_ids(smol.tokenizer, messages) == smol.tokenizer.encode(
+        smol.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    )

@@ -43,7 +43,7 @@ def test_greedy_equals_transformers(name, smollm2_gguf, gemma_gguf):
     # changes the argmax whenever the model wants to stop.)
     hf.generation_config.eos_token_id = None
     for prompt in PROMPTS:
-        ids = torch.tensor([tok.encode(prompt)])
+        ids = torch.tensor([tok.encode(prompt, add_special_tokens=True)])  # Gemma's <bos>, as HF's tokenizer
         with torch.inference_mode():
             want = hf.generate(
                 ids,
