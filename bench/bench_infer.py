@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, data_dir, md_table, median  # noqa: E402
+from common import REPO, data_dir, load_line, md_table, median  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 DTYPES = ("float32", "bfloat16")
@@ -106,11 +106,6 @@ def parse_lmforge_row(row: str) -> tuple[str | None, str | None]:
     if len(quant) > 1:
         raise ValueError(f"row {row!r}: expected lmforge-<dtype>, lmforge-<mode> or lmforge-<mode>-<dtype>")
     return dtype, (quant[0] if quant else None)
-
-
-def load_line(when: str) -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"_Load average at {when}: {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {os.cpu_count()} cores._"
 
 
 def rss_now_mb() -> float:

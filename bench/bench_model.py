@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, data_dir, md_table, median  # noqa: E402
+from common import REPO, data_dir, load_line, md_table, median  # noqa: E402
 
 MODELS = {"SmolLM2-135M-Instruct": "smollm2-135m-instruct", "Gemma 3 270M": "gemma3-270m"}
 PROBE_IDS = [2, 504, 3458, 314, 260, 1345, 28, 355, 8125, 1127, 30, 1044, 288, 1790, 3005, 11]
@@ -53,12 +53,6 @@ QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": 
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def load_line(when: str) -> str:
-    one, five, fifteen = os.getloadavg()
-    cores = os.cpu_count()
-    return f"_Load average at {when}: {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {cores} cores._"
 
 
 # ---------------------------------------------------------------------- 1. loading (child processes)

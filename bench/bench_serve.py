@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, md_table, median  # noqa: E402
+from common import REPO, load_line, md_table, median  # noqa: E402
 
 GOAL_16_VS_1 = 4.0
 PROMPTS = [
@@ -61,11 +61,6 @@ PROMPTS = [
     "Explain in detail how vaccines train the immune system, with examples.",
     "Write a long, descriptive essay about the sea in all four seasons.",
 ]
-
-
-def load_line(when: str) -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"_Load average at {when}: {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {os.cpu_count()} cores._"
 
 
 def free_port() -> int:

@@ -20,13 +20,12 @@ The machine may be shared: the load average is printed at the start and the end.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import md_table, median  # noqa: E402
+from common import load_line, md_table, median  # noqa: E402
 
 PROMPTS = [
     "Rewrite this paragraph in simpler words: The committee has decided to postpone the annual meeting "
@@ -37,11 +36,6 @@ PROMPTS = [
     "Why is the sky blue? Explain it to a child.",
     "Write a short story about a robot who learns to paint.",
 ]
-
-
-def load_line(when: str) -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"_Load average at {when}: {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {os.cpu_count()} cores._"
 
 
 def layer_subsets(n: int) -> dict[str, list[int]]:

@@ -34,3 +34,10 @@ def median(xs: list[float]) -> float:
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+
+
+def load_line(when: str) -> str:
+    """The load average as a Markdown line: timings from a busy machine must say so."""
+    one, five, fifteen = os.getloadavg()
+    cores = os.cpu_count()
+    return f"_Load average at {when}: {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {cores} cores._"
