@@ -19,8 +19,8 @@ from lmforge.infer.constrained import (
     json_schema_constraint,
     regex_constraint,
 )
-from lmforge.infer.kv_cache import KVCache
-from lmforge.infer.sampling import SamplingParams, process_logits, sample
+from lmforge.infer.generate import stream_ids
+from lmforge.infer.sampling import SamplingParams
 from lmforge.tokenizer import load_tokenizer
 
 PERSON = {
@@ -42,25 +42,13 @@ def smol():
 
 
 def generate(model, question: str, constraint, temperature: float = 0.0, seed: int = 0, max_new: int = 96):
-    """A plain prefill/decode loop that masks each step's logits with the constraint before sampling."""
+    """The library's decode loop (`stream_ids`), which masks each step's logits with the constraint."""
     tok = model.tokenizer
     ids = torch.tensor([tok.encode(tok.apply_chat_template([{"role": "user", "content": question}]))])
-    cache = KVCache(model.config, 1, ids.shape[1] + max_new, model.embed.weight.dtype, model.device)
-    params = SamplingParams(temperature=temperature)
-    gen = torch.Generator().manual_seed(seed)
-    ends, out = set(end_ids(tok)), []
-    with torch.inference_mode():
-        logits = model(ids, cache=cache, logits_to_keep=1)[:, -1]  # (1, V)
-        for _ in range(max_new):
-            token = int(
-                sample(process_logits(apply_constraint(logits, constraint.allowed()), params), params, gen)
-            )
-            constraint.advance(token)
-            if token in ends:
-                return tok.decode(out)
-            out.append(token)
-            logits = model(torch.tensor([[token]]), cache=cache)[:, -1]
-    raise AssertionError(f"no end token within {max_new} tokens: {tok.decode(out)!r}")
+    params = SamplingParams(temperature=temperature, seed=seed)
+    out = list(stream_ids(model, ids, max_new, params, set(end_ids(tok)), constraint))
+    assert len(out) < max_new, f"no end within {max_new} tokens: {tok.decode(out)!r}"
+    return tok.decode(out)
 
 
 def ids_of(mask: torch.Tensor) -> set[int]:
