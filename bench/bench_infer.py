@@ -6,13 +6,16 @@ llama.cpp runs it as it is (4-bit weights, its own kernels); transformers and lm
 
 Rows (--rows): `llama.cpp` (Q4_1), `transformers` (float32), `lmforge-<dtype>` (float32, bfloat16) and
 `lmforge-<mode>` for each quantized mode lmforge offers (`load_model(..., quantize=mode)`; int8, int4).
-A mode lmforge does not have yet is reported "not available" instead of failing the run.
+A mode lmforge does not have yet is reported "not available" instead of failing the run. A `-compile`
+suffix (`lmforge-int4-compile`) decodes with `stream_ids(..., compiled=True)`: torch.compile over a
+static KV cache (lmforge.infer.compiled); it compiles during the warm-up, whose time is reported.
 
 Each row runs in a fresh `python` subprocess, so its peak RSS (ru_maxrss) is that configuration's
 alone: interpreter, imports, weights, caches and activations. Inside it, on --threads threads
 (torch.set_num_threads / llama.cpp n_threads), after one warm-up, with the median of --repeats runs:
 
-- load: the load call alone (imports are timed apart).
+- load: the load call alone (imports are timed apart); warm-up: one prefill and one generation before
+  the timed runs (for a compiled row: the compilation, or loading it from inductor's disk cache).
 - prefill: one forward of a 512-token prompt (wikitext-2 test text) into an empty KV cache, keeping
   only the last position's logits (what generation does): tokens/s.
 - TTFT: time to the first generated token of a short chat prompt (prefill + one greedy sample).
@@ -94,18 +97,25 @@ def default_rows() -> list[str]:
         ["llama.cpp", "transformers"]
         + [f"lmforge-{d}" for d in DTYPES]
         + [f"lmforge-{m}" for m in quant_modes()]
+        + ["lmforge-float32-compile", "lmforge-int4-compile"]
     )
 
 
-def parse_lmforge_row(row: str) -> tuple[str | None, str | None]:
-    """'lmforge-bfloat16' → (bfloat16, None); 'lmforge-int4' → (None, int4): the mode's own activation
-    dtype (bfloat16 for lmforge's kernels); 'lmforge-int4-float32' asks for float32 activations."""
+def parse_lmforge_row(row: str) -> tuple[str | None, str | None, bool]:
+    """'lmforge-bfloat16' → (bfloat16, None, False); 'lmforge-int4' → (None, int4, False): the mode's own
+    activation dtype (bfloat16 for lmforge's kernels); 'lmforge-int4-float32' asks for float32
+    activations; a '-compile' suffix decodes with torch.compile (lmforge.infer.compiled)."""
     parts = row.removeprefix("lmforge-").split("-")
+    compiled = "compile" in parts
+    parts = [p for p in parts if p != "compile"]
     dtype = next((p for p in parts if p in DTYPES), None)
     quant = [p for p in parts if p not in DTYPES]
     if len(quant) > 1:
-        raise ValueError(f"row {row!r}: expected lmforge-<dtype>, lmforge-<mode> or lmforge-<mode>-<dtype>")
-    return dtype, (quant[0] if quant else None)
+        raise ValueError(
+            f"row {row!r}: expected lmforge-<dtype>, lmforge-<mode> or lmforge-<mode>-<dtype>, "
+            "each optionally with -compile"
+        )
+    return dtype, (quant[0] if quant else None), compiled
 
 
 def rss_now_mb() -> float:
@@ -121,22 +131,22 @@ def rss_now_mb() -> float:
 # nll(ids) -> (sum of −log p over ids[1:], count). `ids` is always a plain list of token ids.
 
 
-def lmforge_generate(model, ids, n: int) -> list[int]:
-    """lmforge's generation call, in this one place so a faster path (compiled, fused) can be swapped in."""
-    from lmforge.infer.generate import generate_ids
-
-    return generate_ids(model, ids, n).tolist()  # no eos ids: exactly n tokens
-
-
-def lmforge_first_token(model, ids) -> int:
+def lmforge_generate(model, ids, n: int, compiled: bool = False) -> list[int]:
+    """lmforge's generation call, in this one place so a faster path can be swapped in."""
     from lmforge.infer.generate import stream_ids
 
-    return next(stream_ids(model, ids, 1))
+    return list(stream_ids(model, ids, n, compiled=compiled))  # no eos ids: exactly n tokens
+
+
+def lmforge_first_token(model, ids, compiled: bool = False) -> int:
+    from lmforge.infer.generate import stream_ids
+
+    return next(stream_ids(model, ids, 1, compiled=compiled))
 
 
 class LmforgeBackend:
     def __init__(self, row: str, threads: int, n_ctx: int):
-        self.dtype, self.quant = parse_lmforge_row(row)
+        self.dtype, self.quant, self.compiled = parse_lmforge_row(row)
         import torch
 
         import lmforge
@@ -163,10 +173,10 @@ class LmforgeBackend:
             m(self._t(ids), cache=cache, logits_to_keep=1)
 
     def first_token(self, ids) -> int:
-        return lmforge_first_token(self.model, self._t(ids))
+        return lmforge_first_token(self.model, self._t(ids), self.compiled)
 
     def generate(self, ids, n: int) -> list[int]:
-        return lmforge_generate(self.model, self._t(ids), n)
+        return lmforge_generate(self.model, self._t(ids), n, self.compiled)
 
     def nll(self, ids) -> tuple[float, int]:
         torch = self.torch
@@ -304,7 +314,9 @@ def speed_child(row: str, spec: dict) -> dict:
     prompt, chat = spec["prefill_ids"], spec["chat_ids"]
 
     backend.prefill(prompt)  # warm-up: allocators, thread pools, kernels' first-call setup
-    backend.generate(chat, min(n, 16))
+    # a compiled row compiles here, for the cache length the timed runs use (n new tokens)
+    backend.generate(chat, n if getattr(backend, "compiled", False) else min(n, 16))
+    t3 = time.perf_counter()
     prefill_s, prefill_all, _ = timed(lambda: backend.prefill(prompt), repeats)
     ttft_s, ttft_all, _ = timed(lambda: backend.first_token(chat), repeats)
     one_s, one_all, _ = timed(lambda: backend.generate(chat, 1), repeats)
@@ -313,6 +325,7 @@ def speed_child(row: str, spec: dict) -> dict:
         raise RuntimeError(f"{row}: asked for {n} new tokens, got {len(tokens)}")
     return {
         "row": row, "act_dtype": getattr(backend, "act_dtype", None), "import_s": t1 - t0, "load_s": t2 - t1,
+        "warmup_s": t3 - t2,
         "prefill_tok_s": len(prompt) / prefill_s, "ttft_ms": 1000 * ttft_s,
         "decode_tok_s": (n - 1) / max(gen_s - one_s, 1e-9), "e2e_tok_s": n / gen_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -391,7 +404,7 @@ def speed_report(results: list[dict], n: int, repeats: int, threads: int) -> str
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["row"], f"not available ({r['error']})"] + [""] * 11)
+            rows.append([r["row"], f"not available ({r['error']})"] + [""] * 12)
             continue
         weights = (
             "Q4_1 (GGUF)" if r["row"] == "llama.cpp" else "float32" if r["row"] == "transformers" else ""
@@ -401,14 +414,14 @@ def speed_report(results: list[dict], n: int, repeats: int, threads: int) -> str
             weights = f"{quant} ({r['act_dtype']} activations)" if quant else r["act_dtype"]
         match = f"{leading_match(r['tokens'], hf['tokens'])}/{n}" if hf else "–"
         rows.append(
-            [r["row"], weights, r["load_s"], r["prefill_tok_s"], r["ttft_ms"], r["decode_tok_s"],
+            [r["row"], weights, r["load_s"], r.get("warmup_s"), r["prefill_tok_s"], r["ttft_ms"], r["decode_tok_s"],
              ratio(r["decode_tok_s"], llama.get("decode_tok_s")), ratio(r["decode_tok_s"], hf.get("decode_tok_s")),
              ratio(r["prefill_tok_s"], llama.get("prefill_tok_s")),
              ratio(r["prefill_tok_s"], hf.get("prefill_tok_s")), r["peak_rss_mb"],
              ratio(r["peak_rss_mb"], llama.get("peak_rss_mb")), match]
         )  # fmt: skip
     headers = [
-        "row", "weights", "load s", f"prefill {PREFILL_LEN} tok/s", "TTFT ms", f"decode tok/s ({n} new)",
+        "row", "weights", "load s", "warm-up s", f"prefill {PREFILL_LEN} tok/s", "TTFT ms", f"decode tok/s ({n} new)",
         "decode × llama.cpp", "decode × HF", "prefill × llama.cpp", "prefill × HF", "peak RSS MB",
         "RSS × llama.cpp", "greedy = HF",
     ]  # fmt: skip

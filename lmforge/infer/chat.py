@@ -27,6 +27,7 @@ class ChatSession:
     max_tokens: int = 512
     sampling: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    compiled: bool = False  # decode with torch.compile (lmforge.infer.compiled)
 
     def messages(self, user: str) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -35,7 +36,9 @@ class ChatSession:
     def reply(self, user: str) -> Iterable[str]:
         """Stream the assistant's answer to `user`; the exchange joins the history once it is complete."""
         pieces = []
-        for piece in stream(self.model, self.messages(user), self.max_tokens, **self.sampling):
+        for piece in stream(
+            self.model, self.messages(user), self.max_tokens, compiled=self.compiled, **self.sampling
+        ):
             pieces.append(piece)
             yield piece
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": "".join(pieces)}]

@@ -120,7 +120,10 @@ class Transformer(nn.Module):
         b, t = input_ids.shape
         offset = cache.length if cache is not None else 0
         per_row = isinstance(offset, torch.Tensor)
-        longest = (int(offset.max()) if per_row else offset) + t
+        # A static cache (lmforge.infer.kv_cache.StaticKVCache) returns its whole buffer to attention:
+        # keys span max_len slots, and no shape depends on the lengths (a compiled step stays one graph).
+        static_len = cache.max_len if getattr(cache, "static", False) else None
+        longest = static_len or (int(offset.max()) if per_row else offset) + t
         if longest > cfg.max_seq_len and cfg.position in ("learned", "sinusoidal"):
             raise ValueError(
                 f"sequence of {longest} tokens is longer than the model's {cfg.max_seq_len} positions"
@@ -144,13 +147,17 @@ class Transformer(nn.Module):
         # or one new token that sees everything cached.
         plain = attention_mask is None and cfg.causal and not per_row and (offset == 0 or t == 1)
         full = (
-            None if plain else build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b, offset)
+            None
+            if plain
+            else build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b, offset, static_len)
         )
         window = cfg.sliding_window
         if window is None or (attention_mask is None and cfg.causal and longest <= window):
             sliding = full  # the window reaches back to the start: plain causal
         else:
-            sliding = build_mask(attention_mask, t, cfg.causal, window, h.dtype, h.device, b, offset)
+            sliding = build_mask(
+                attention_mask, t, cfg.causal, window, h.dtype, h.device, b, offset, static_len
+            )
         for i in range(len(self.layers)) if layers is None else layers:
             layer = self.layers[i]
             local = layer.attn.sliding

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from lmforge.infer.kv_cache import KVCache
+from lmforge.infer.kv_cache import KVCache, StaticKVCache
 from tests.model.test_families import roundtrip, tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,6 +30,39 @@ def test_cached_steps_equal_full_forward(kind, tmp_path):
             assert (got - full[:, pos : pos + step]).abs().max().item() < 1e-4, (kind, pos, step)
             pos += step
     assert cache.length == 21
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2"])
+def test_static_cache_steps_equal_full_forward(kind, tmp_path):
+    """The static cache (fixed-length buffers, a tensor position, a mask over unwritten slots) gives the
+    same logits as a full forward, prefill, chunks and single steps, windows sliding."""
+    model = roundtrip(tiny(kind), tmp_path)
+    ids = torch.randint(0, 211, (2, 21), generator=torch.Generator().manual_seed(3))
+    cache = StaticKVCache(model.config, 2, 24, torch.float32)
+    with torch.no_grad():
+        full = model(ids)
+        pos = 0
+        for step in [9, 4] + [1] * 8:
+            got = model(ids[:, pos : pos + step], cache=cache)
+            assert (got - full[:, pos : pos + step]).abs().max().item() < 1e-4, (kind, pos, step)
+            pos += step
+    assert cache.length.tolist() == [21, 21]
+    assert all(k.shape == (2, model.config.n_kv_heads, 24, model.config.head_dim) for k in cache.k)
+
+
+def test_static_cache_rows_of_different_lengths(tmp_path):
+    """Rows at different positions in one static cache each get what they would alone."""
+    model = roundtrip(tiny("llama"), tmp_path)
+    ids = torch.randint(0, 211, (2, 12), generator=torch.Generator().manual_seed(5))
+    cache = StaticKVCache(model.config, 2, 16, torch.float32)
+    with torch.no_grad():
+        full = model(ids)
+        model(ids[:, :8], cache=cache)
+        cache.length[1] = 5  # row 1 forgets its last 3 tokens: it now continues from position 5
+        got = model(torch.stack([ids[0, 8:10], ids[1, 5:7]]), cache=cache)
+        alone = model(ids[1:, :7])
+    assert (got[0] - full[0, 8:10]).abs().max().item() < 1e-4
+    assert (got[1] - alone[0, 5:7]).abs().max().item() < 1e-4
 
 
 def test_cache_overflow_is_a_clear_error(tmp_path):
