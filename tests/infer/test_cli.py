@@ -51,6 +51,10 @@ def test_generate_reads_stdin_and_obeys_a_choice(capsys, monkeypatch):
         (["generate", "--prompt", "hi", "--top-p", "1.5"], "top_p must be in"),
         (["generate", "no-such-model", "--prompt", "hi"], "smollm2-135m-instruct"),
         (["generate", "--prompt", "hi", "--json-schema", "{not json"], "cannot compile JSON schema"),
+        (
+            ["generate", "--prompt", "hi", "--compile", "--speculative", "ngram"],
+            "does not combine with --compile",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_message(argv, message):
