@@ -55,4 +55,11 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
         overrides["layer_types"] = [
             "full" if (i + 1) % 6 == 0 else "sliding" for i in range(overrides["n_layers"])
         ]
+    if "n_heads" in overrides and "n_kv_heads" not in overrides:
+        # keep the preset's grouping (GPT-2: one KV head per query head; SmolLM2: 3 queries per KV head)
+        group = base.n_heads // base.n_kv_heads
+        n = overrides["n_heads"]
+        overrides["n_kv_heads"] = n // group if n % group == 0 else n
+    if "dim" in overrides and "n_heads" in overrides and "head_dim" not in overrides:
+        overrides["head_dim"] = None  # recomputed as dim // n_heads, not the preset's
     return replace(base, **overrides)

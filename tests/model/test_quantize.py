@@ -182,7 +182,9 @@ def test_smollm2_quantized_agrees_with_float32(smollm2, mode):
     # float32's greedy answer, read by the quantized model: at each position its top token is float32's.
     # (Not the quantized model's own greedy text: at the answer's first token "The" and "L" are 0.1 logit
     # apart, and bfloat16 kernels break that near-tie differently on different CPUs.)
-    chat = tok.encode(tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}]))
+    chat = tok.encode(
+        tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    )
     answer = generate_ids(fp32, torch.tensor([chat]), 8)
     assert "Paris" in tok.decode(answer.tolist())
     with torch.inference_mode():
