@@ -135,6 +135,8 @@ class Trainer:
         self._writer = None
         self.autocast = self._autocast()
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self._fit_start: float | None = None  # wall clock of this fit(); with _seconds_before: time trained
+        self._seconds_before = 0.0
 
     # -- precision
     def _autocast(self):
@@ -150,7 +152,7 @@ class Trainer:
     def train_step(self) -> StepResult:
         cfg, model = self.cfg, self.model
         t0 = time.perf_counter()
-        lr = self.schedule(self.step)
+        lr = self.schedule(self._schedule_step())
         for opt in self.optimizers:
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
@@ -195,6 +197,17 @@ class Trainer:
             self.scaler.update()
         self.step += 1
         return StepResult(total, norm, lr, tokens, time.perf_counter() - t0)
+
+    def _schedule_step(self) -> int:
+        """The step the schedule sees. With a time budget (max_minutes) the run may end long before
+        max_steps, so the schedule advances by whichever is further along, steps or time: the decay of a
+        cosine or WSD schedule then happens within the budget. (Time is not reproducible: such runs resume
+        exactly only in their steps, not their learning rates.)"""
+        cfg = self.cfg
+        if cfg.max_minutes is None or self._fit_start is None:
+            return self.step
+        elapsed = self._seconds_before + time.perf_counter() - self._fit_start
+        return max(self.step, int(elapsed / (60 * cfg.max_minutes) * cfg.max_steps))
 
     # -- evaluation
     @torch.no_grad()
@@ -281,6 +294,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "model_config": model.config.to_dict(),
             "history": self.history,
+            "seconds": self._seconds_before + (time.perf_counter() - self._fit_start if self._fit_start else 0.0),
             **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
         }
 
@@ -308,6 +322,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
+        self._seconds_before = float(state.get("seconds", 0.0))
         return True
 
     # -- logs
@@ -376,6 +391,7 @@ class Trainer:
                   f"measured peak {peak / 1e9:.1f} GFLOP/s per process ({cfg.precision})", flush=True)  # fmt: skip
         self.model.train()
         start, t_start = self.step, time.perf_counter()
+        self._fit_start = t_start
         bar = _progress(cfg.max_steps, self.step, progress and self.is_main)
         last: dict[str, Any] = {}
         tokens_window, time_window = 0, 0.0
@@ -418,7 +434,9 @@ class Trainer:
         if "val_loss" not in last and self.val_loader is not None and self.step > start:
             last = {**last, **self.evaluate()}
         self.plot()
-        return {"step": self.step, "seconds": time.perf_counter() - t_start, **last}
+        self._seconds_before += time.perf_counter() - t_start
+        self._fit_start = None
+        return {"step": self.step, "seconds": self._seconds_before, **last}
 
 
 def _progress(total: int, done: int, enabled: bool):

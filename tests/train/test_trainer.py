@@ -113,3 +113,14 @@ def test_a_tiny_model_memorises_a_tiny_corpus(tmp_path):
     t = Trainer(cfg, model, [opt], lambda s: 1e-2, WindowLoader(tokens, 4, 16, 0))
     t.fit(progress=False)
     assert losses(t.history)[-1] < 0.05, losses(t.history)[-5:]
+
+
+def test_a_time_budget_moves_the_schedule_by_time(tmp_path):
+    """With max_minutes, the schedule advances by the larger of step / max_steps and elapsed / budget, so
+    a run cut short by time still reaches its decay."""
+    seen: list[int] = []
+    t = make_trainer(tmp_path, 10_000, max_minutes=0.02)  # 1.2 s of a 10,000-step horizon
+    t.schedule = lambda s: seen.append(s) or 1e-3
+    t.fit(progress=False)
+    assert t.step < 1000 and seen[-1] > 5000  # the horizon was reached by time, not steps
+    assert seen == sorted(seen)
