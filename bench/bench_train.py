@@ -107,7 +107,7 @@ def lmforge_step_fn(vocab: int, train: torch.Tensor, precision: str, compiled: b
                       eval_every=0, ckpt_every=0, log_every=10**9, out_dir="/tmp/lmforge-bench-train")  # fmt: skip
     torch.manual_seed(0)
     model = Transformer(preset("gpt2", vocab_size=vocab, n_layers=LAYERS, n_heads=HEADS, n_kv_heads=HEADS, dim=WIDTH,
-                               ffn_dim=4 * WIDTH, max_seq_len=BLOCK))  # fmt: skip
+                               ffn_dim=4 * WIDTH, max_seq_len=BLOCK)).init_weights()  # fmt: skip
     try:
         from lmforge.train.optim import AdamW, param_groups
 

@@ -185,6 +185,31 @@ class Transformer(nn.Module):
             logits = c * torch.tanh(logits / c)
         return logits
 
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> Transformer:
+        """Weights for training from scratch (GPT-2, Radford et al. 2019): every matrix and embedding
+        N(0, std), biases 0, norm gains 1, and the two projections that write into the residual stream
+        (attention's output, the MLP's down) N(0, std / √(2 · layers)), so the sum of 2 · layers residual
+        additions keeps its scale at initialisation. PyTorch's own defaults (N(0, 1) embeddings) would start a
+        tied-head model at a loss far above ln V."""
+        residual = std / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                leaf = name.rsplit(".", 1)[-1]
+                nn.init.normal_(module.weight, 0.0, residual if leaf in ("o_proj", "down_proj") else std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif (
+                hasattr(module, "weight")
+                and isinstance(module.weight, nn.Parameter)
+                and module.weight.ndim == 1
+            ):
+                # norms: gain 1 (Gemma-style offset norms store gain - 1, so 0)
+                nn.init.constant_(module.weight, 0.0 if getattr(module, "offset", 0.0) else 1.0)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        return self
+
     def aux_loss(self) -> torch.Tensor | None:
         """Load-balancing loss over every MoE layer's routing in the last forward (None if dense).
 

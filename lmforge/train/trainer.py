@@ -38,6 +38,7 @@ from lmforge.train.checkpoint import (
     set_rng_state,
 )
 from lmforge.train.config import TrainConfig
+from lmforge.train.optim import clip_grad_norm_
 
 
 class TrainingDiverged(RuntimeError):
@@ -176,11 +177,11 @@ class Trainer:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)
         params = [p for p in model.parameters() if p.grad is not None]
-        if cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
-        norm = float(norm)
+        # ours (lmforge.train.optim) is the formula written out; FSDP's sharded gradients need torch's,
+        # which sums the shards' squares across processes. grad_clip 0 only measures the norm.
+        fsdp = self.world is not None and cfg.parallel == "fsdp"
+        clip = torch.nn.utils.clip_grad_norm_ if fsdp else clip_grad_norm_
+        norm = float(clip(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
         if not math.isfinite(total) or (not math.isfinite(norm) and self.scaler is None):
             raise TrainingDiverged(
                 f"step {self.step}: loss {total} / gradient norm {norm} is not finite; stopped without saving, "
@@ -294,7 +295,8 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "model_config": model.config.to_dict(),
             "history": self.history,
-            "seconds": self._seconds_before + (time.perf_counter() - self._fit_start if self._fit_start else 0.0),
+            "seconds": self._seconds_before
+            + (time.perf_counter() - self._fit_start if self._fit_start else 0.0),
             **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
         }
 

@@ -124,3 +124,22 @@ def test_a_time_budget_moves_the_schedule_by_time(tmp_path):
     t.fit(progress=False)
     assert t.step < 1000 and seen[-1] > 5000  # the horizon was reached by time, not steps
     assert seen == sorted(seen)
+
+
+def test_init_weights_start_a_model_at_chance():
+    """GPT-2's initialisation: the first loss is ≈ ln V (every token equally likely), the residual
+    projections are scaled down by √(2 · layers), and norm gains are 1."""
+    import math
+
+    ids = torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(0))
+
+    def first_loss(model) -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).item()
+
+    assert first_loss(tiny_model()) > math.log(64) + 5  # PyTorch's defaults: N(0, 1) embeddings, tied head
+    model = tiny_model().init_weights()
+    assert abs(first_loss(model) - math.log(64)) < 1.0
+    assert abs(model.layers[0].attn.o_proj.weight.std().item() - 0.02 / math.sqrt(4)) < 0.002
+    assert abs(model.layers[0].attn.q_proj.weight.std().item() - 0.02) < 0.002
+    assert torch.equal(model.norm.weight, torch.ones_like(model.norm.weight))
