@@ -194,6 +194,22 @@ def _load_chat_model(args: argparse.Namespace):
     return model, sampling
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from lmforge.train.config import load_config, overrides_from_args
+    from lmforge.train.pretrain import run_pretrain
+    from lmforge.train.trainer import TrainingDiverged
+
+    cfg = load_config(args.config, overrides_from_args(args))
+    try:
+        summary = run_pretrain(cfg)
+    except TrainingDiverged as e:
+        raise SystemExit(f"error: {e}") from None
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items() if k != "sample"}
+    print(json.dumps(shown))
+    if summary.get("sample"):
+        print("sample:", summary["sample"])
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from lmforge.infer.chat import ChatSession, run_chat
 
@@ -361,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="OpenAI-compatible API server with a web chat page")
     add_serve_arguments(sv)
     sv.set_defaults(func=run_serve)
+
+    from lmforge.train.config import add_config_arguments  # dataclass + argparse only: no torch
+
+    pt = sub.add_parser("pretrain", help="pretrain a model from scratch (config file and/or flags)")
+    pt.add_argument("--config", help="YAML or JSON file of TrainConfig fields; flags override it")
+    add_config_arguments(pt)
+    pt.set_defaults(func=cmd_pretrain)
 
     t = sub.add_parser("tokenizer", help="train, inspect and run tokenizers")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True)

@@ -135,7 +135,9 @@ def test_init_weights_start_a_model_at_chance():
 
     def first_loss(model) -> float:
         with torch.no_grad():
-            return torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).item()
+            return torch.nn.functional.cross_entropy(
+                model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()
+            ).item()
 
     assert first_loss(tiny_model()) > math.log(64) + 5  # PyTorch's defaults: N(0, 1) embeddings, tied head
     model = tiny_model().init_weights()
