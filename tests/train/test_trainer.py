@@ -145,3 +145,18 @@ def test_init_weights_start_a_model_at_chance():
     assert abs(model.layers[0].attn.o_proj.weight.std().item() - 0.02 / math.sqrt(4)) < 0.002
     assert abs(model.layers[0].attn.q_proj.weight.std().item() - 0.02) < 0.002
     assert torch.equal(model.norm.weight, torch.ones_like(model.norm.weight))
+
+
+def test_activation_checkpointing_and_bf16_autocast(tmp_path):
+    """Recomputing blocks in backward changes no number; bf16 autocast trains (loss close to fp32's)."""
+    from lmforge.train.pretrain import _checkpoint_blocks
+
+    plain, ckpt = make_trainer(tmp_path / "a", 2), make_trainer(tmp_path / "b", 2)
+    _checkpoint_blocks(ckpt.model)
+    for _ in range(2):
+        assert plain.train_step().loss == ckpt.train_step().loss
+    for a, b in zip(plain.model.parameters(), ckpt.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    bf16 = make_trainer(tmp_path / "c", 2, precision="bf16")
+    fp32 = make_trainer(tmp_path / "d", 2)
+    assert abs(bf16.train_step().loss - fp32.train_step().loss) < 0.05
