@@ -210,6 +210,16 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         print("sample:", summary["sample"])
 
 
+def cmd_speedrun(args: argparse.Namespace) -> None:
+    from lmforge.train.speedrun import run_speedrun
+
+    report = run_speedrun(
+        args.out_dir, args.preset, args.corpus, args.minutes, args.device, args.vocab_size, args.depth
+    )
+    print(report.read_text(encoding="utf-8"))
+    print(f"report: {report}")
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from lmforge.infer.chat import ChatSession, run_chat
 
@@ -384,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--config", help="YAML or JSON file of TrainConfig fields; flags override it")
     add_config_arguments(pt)
     pt.set_defaults(func=cmd_pretrain)
+
+    sr = sub.add_parser("speedrun", help="tokenizer → shards → pretraining → report.md, in one command")
+    sr.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
+    sr.add_argument("--corpus", nargs="+", help="text files (default: shared TinyStories + tinyshakespeare)")
+    sr.add_argument("--minutes", type=float, help="training budget (default: the preset's)")
+    sr.add_argument("--vocab-size", type=int, help="BPE vocabulary (default: the preset's)")
+    sr.add_argument("--depth", type=int, help="model depth (default: the preset's)")
+    sr.add_argument("--out-dir", default="runs/speedrun")
+    sr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sr.set_defaults(func=cmd_speedrun)
 
     t = sub.add_parser("tokenizer", help="train, inspect and run tokenizers")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True)
