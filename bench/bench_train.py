@@ -108,12 +108,9 @@ def lmforge_step_fn(vocab: int, train: torch.Tensor, precision: str, compiled: b
     torch.manual_seed(0)
     model = Transformer(preset("gpt2", vocab_size=vocab, n_layers=LAYERS, n_heads=HEADS, n_kv_heads=HEADS, dim=WIDTH,
                                ffn_dim=4 * WIDTH, max_seq_len=BLOCK)).init_weights()  # fmt: skip
-    try:
-        from lmforge.train.optim import AdamW, param_groups
+    from lmforge.train.optim import AdamW, param_groups
 
-        opt = AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
-    except ImportError:  # before lmforge.train.optim exists: torch's AdamW
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    opt = AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
     wrapped = torch.compile(model) if compiled else model
     trainer = Trainer(cfg, wrapped, [opt], lr_fn, Windows(train, 1))
 

@@ -14,14 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.mark.parametrize("kind", ["llama", "mistral", "gemma3", "gpt2", "qwen2_moe"])
-def test_cached_steps_equal_full_forward(kind, tmp_path):
+def steps_equal_full_forward(model, cache, kind: str) -> None:
     """Prefill 9 tokens, then a chunk of 4, then 8 single tokens: each step's logits equal a fresh forward
     over the whole sequence (Mistral's window is 5 and Gemma's 6, so the windows slide in the cache)."""
-    model = roundtrip(tiny(kind), tmp_path)
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, 211, (2, 21), generator=g)
-    cache = KVCache(model.config, 2, 32, torch.float32)
+    ids = torch.randint(0, 211, (2, 21), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = model(ids)
         pos = 0
@@ -29,23 +25,22 @@ def test_cached_steps_equal_full_forward(kind, tmp_path):
             got = model(ids[:, pos : pos + step], cache=cache)
             assert (got - full[:, pos : pos + step]).abs().max().item() < 1e-4, (kind, pos, step)
             pos += step
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "gemma3", "gpt2", "qwen2_moe"])
+def test_cached_steps_equal_full_forward(kind, tmp_path):
+    model = roundtrip(tiny(kind), tmp_path)
+    cache = KVCache(model.config, 2, 32, torch.float32)
+    steps_equal_full_forward(model, cache, kind)
     assert cache.length == 21
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2"])
 def test_static_cache_steps_equal_full_forward(kind, tmp_path):
-    """The static cache (fixed-length buffers, a tensor position, a mask over unwritten slots) gives the
-    same logits as a full forward, prefill, chunks and single steps, windows sliding."""
+    """The static cache (fixed-length buffers, a tensor position, a mask over unwritten slots) does the same."""
     model = roundtrip(tiny(kind), tmp_path)
-    ids = torch.randint(0, 211, (2, 21), generator=torch.Generator().manual_seed(3))
     cache = StaticKVCache(model.config, 2, 24, torch.float32)
-    with torch.no_grad():
-        full = model(ids)
-        pos = 0
-        for step in [9, 4] + [1] * 8:
-            got = model(ids[:, pos : pos + step], cache=cache)
-            assert (got - full[:, pos : pos + step]).abs().max().item() < 1e-4, (kind, pos, step)
-            pos += step
+    steps_equal_full_forward(model, cache, kind)
     assert cache.length.tolist() == [21, 21]
     assert all(k.shape == (2, model.config.n_kv_heads, 24, model.config.head_dim) for k in cache.k)
 
