@@ -14,9 +14,12 @@ other:
 With --minutes M, also the quality at equal wall clock: each of nanoGPT (fp32) and lmforge's best
 configuration trains for M minutes (lr 1e-3, warmup 100, cosine to 1e-4 over the steps the speed run
 predicts), and the best validation loss (nats per character on the last 10% of the text) is reported.
+With --muon, a third row trains the same lmforge model for the same minutes with Muon (lr 0.02) on its
+hidden matrices and AdamW on the rest, as nanochat does.
 
     python bench/bench_train.py                      # speed table, ~3 minutes on 2 cores
     python bench/bench_train.py --minutes 10         # + 2 × 10 minutes of training for the quality row
+    python bench/bench_train.py --rows nanogpt,lmforge-fp32 --minutes 10 --muon   # + Muon at equal wall clock
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ def nanogpt_step_fn(vocab: int, train: torch.Tensor, compiled: bool, lr_fn):
     return step, val_loss, sum(p.numel() for p in model.parameters())
 
 
-def lmforge_step_fn(vocab: int, train: torch.Tensor, precision: str, compiled: bool, lr_fn):
+def lmforge_step_fn(vocab: int, train: torch.Tensor, precision: str, compiled: bool, lr_fn,
+                    optimizer: str = "adamw"):  # fmt: skip
     from lmforge.model.presets import preset
     from lmforge.model.transformer import Transformer
     from lmforge.train.config import TrainConfig
@@ -108,11 +112,14 @@ def lmforge_step_fn(vocab: int, train: torch.Tensor, precision: str, compiled: b
     torch.manual_seed(0)
     model = Transformer(preset("gpt2", vocab_size=vocab, n_layers=LAYERS, n_heads=HEADS, n_kv_heads=HEADS, dim=WIDTH,
                                ffn_dim=4 * WIDTH, max_seq_len=BLOCK)).init_weights()  # fmt: skip
-    from lmforge.train.optim import AdamW, param_groups
+    from lmforge.train.optim import AdamW, build_optimizers, param_groups
 
-    opt = AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
+    if optimizer == "muon":  # nanochat's split: Muon (lr 0.02) for hidden matrices, AdamW for the rest
+        opts = build_optimizers(model, 1e-3, 0.02, 0.1)
+    else:
+        opts = [AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99))]
     wrapped = torch.compile(model) if compiled else model
-    trainer = Trainer(cfg, wrapped, [opt], lr_fn, Windows(train, 1))
+    trainer = Trainer(cfg, wrapped, opts, lr_fn, Windows(train, 1))
 
     def step() -> float:
         return trainer.train_step().loss
@@ -158,6 +165,7 @@ def main() -> None:
         default="nanogpt,lmforge-fp32,lmforge-bf16,nanogpt-compile,lmforge-fp32-compile,lmforge-bf16-compile",
     )
     p.add_argument("--minutes", type=float, default=0.0, help="equal-wall-clock quality run per side")
+    p.add_argument("--muon", action="store_true", help="quality rows: add lmforge with Muon + AdamW")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     train, val, vocab = char_data()
@@ -185,9 +193,13 @@ def main() -> None:
             (r for r in results if r.startswith("lmforge")), key=results.get, default="lmforge-fp32"
         )
         out = []
-        for row in ("nanogpt", best_row):
-            compiled = row.endswith("-compile")
-            est = int(args.minutes * 60 / results.get(row, results.get("nanogpt", 1.0)))
+        for row in ("nanogpt", best_row) + ((best_row + " muon",) if args.muon else ()):
+            optimizer = "muon" if row.endswith(" muon") else "adamw"
+            row_kind = row.removesuffix(" muon")
+            compiled = row_kind.endswith("-compile")
+            # Muon's step costs a few Newton–Schulz iterations more: its schedule is sized by the AdamW
+            # step time, so it decays a little late (cosine cut short) rather than ending early
+            est = int(args.minutes * 60 / results.get(row_kind, results.get("nanogpt", 1.0)))
 
             def lr(s: int, total: int = max(est, 200)) -> float:
                 if s < 100:
@@ -200,7 +212,7 @@ def main() -> None:
                 step, val_loss, _ = nanogpt_step_fn(vocab, train, compiled, lr)
             else:
                 step, val_loss, _ = lmforge_step_fn(
-                    vocab, train, "bf16" if "bf16" in row else "fp32", compiled, lr
+                    vocab, train, "bf16" if "bf16" in row else "fp32", compiled, lr, optimizer
                 )
             t0, steps, best = time.perf_counter(), 0, math.inf
             while time.perf_counter() - t0 < args.minutes * 60:
@@ -211,8 +223,10 @@ def main() -> None:
             best = min(best, val_loss(val))
             print(f"  {row}: {steps} steps, best val {best:.4f}", file=sys.stderr, flush=True)
             out.append([row, steps, steps * BATCH * BLOCK, round(best, 4)])
+        for r in out:
+            r.append(f"{r[3] / out[0][3]:.3f}")
         print(f"\n## Quality at equal wall clock ({args.minutes:g} minutes each)\n")
-        print(md_table(["row", "steps", "tokens", "best val loss (nats/char)"], out))
+        print(md_table(["row", "steps", "tokens", "best val loss (nats/char)", "× nanoGPT"], out))
 
 
 if __name__ == "__main__":

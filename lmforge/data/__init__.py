@@ -13,7 +13,13 @@ Both loaders save and restore their exact position (state_dict) and split batche
 
 from lmforge.data.corpus import corpus_files, iter_documents
 from lmforge.data.loader import PackedLoader, RandomWindowLoader
-from lmforge.data.objectives import MaskingInfo, mlm_mask, random_spans_noise_mask, span_corruption
+from lmforge.data.objectives import (
+    MaskingInfo,
+    mlm_mask,
+    random_spans_noise_mask,
+    span_corruption,
+    span_corruption_lengths,
+)
 from lmforge.data.shards import TokenShards, tokenize_corpus
 
 __all__ = [
@@ -26,5 +32,6 @@ __all__ = [
     "mlm_mask",
     "random_spans_noise_mask",
     "span_corruption",
+    "span_corruption_lengths",
     "tokenize_corpus",
 ]

@@ -63,6 +63,7 @@ def build_mask(
     b: int = 1,
     offset: int | torch.Tensor = 0,
     s: int | None = None,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Additive mask (B, 1, T, S): 0 where a query may look, the dtype's minimum where not.
 
@@ -72,8 +73,12 @@ def build_mask(
     ragged rows need no padding mask). S defaults to offset + T. attention_mask (B, S) marks real tokens
     with 1 and padding with 0. We use the most negative finite number rather than -inf so a row with
     nothing to see (a padding query) gives a uniform average, not NaN, as Hugging Face does.
+
+    segment_ids (B, T), for a fresh sequence (offset 0, S = T): the document each token belongs to when
+    several are packed into one row; a query sees only keys of its own document, so packed documents
+    cannot read each other (the block-diagonal mask of packed training).
     """
-    if not causal and window is None and attention_mask is None:
+    if not causal and window is None and attention_mask is None and segment_ids is None:
         return None
     per_row = isinstance(offset, torch.Tensor)
     if s is None:
@@ -89,6 +94,9 @@ def build_mask(
     allowed = (allowed[:, None] if per_row else allowed[None, None]).expand(b, 1, t, s)
     if attention_mask is not None:
         allowed = allowed & attention_mask[:, None, None, :].bool()
+    if segment_ids is not None:
+        seg = segment_ids.to(device)
+        allowed = allowed & (seg[:, None, :, None] == seg[:, None, None, :])  # (B, 1, T, T)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)
 

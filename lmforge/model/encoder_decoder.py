@@ -52,7 +52,7 @@ from torch import nn
 from lmforge.model.attention import Attention
 from lmforge.model.config import ModelConfig
 from lmforge.model.layers import MLP, make_norm
-from lmforge.model.transformer import Block
+from lmforge.model.transformer import Block, gpt2_init_
 
 T5_FAMILIES = ("t5", "mt5")  # mT5 is T5 v1.1 with a larger vocabulary; umT5 has a bias per layer: not this
 
@@ -283,6 +283,12 @@ class EncoderDecoder(nn.Module):
         input is the target shifted right, starting with extra["decoder_start_token_id"] (T5: pad, 0)."""
         enc = self.encode(input_ids, attention_mask)  # (B, S, D)
         return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask)
+
+    def init_weights(self, std: float = 0.02) -> EncoderDecoder:
+        """Weights for pretraining from scratch (span corruption): GPT-2's scheme, as the decoder-only
+        model has it (`gpt2_init_`), over both stacks; the relative position biases start at 0."""
+        gpt2_init_(self, self.config.n_layers + self.config.extra["n_decoder_layers"], std)
+        return self
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

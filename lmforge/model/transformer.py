@@ -108,6 +108,7 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache=None,
         layers: Sequence[int] | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final hidden states (B, T, D), before the output norm.
 
@@ -115,6 +116,8 @@ class Transformer(nn.Module):
         positions offset .. offset + T - 1 and attend to the cached keys too; attention_mask, if given,
         covers all offset + T tokens. A paged cache gives each row its own offset, a (B,) tensor.
         layers: run only these blocks (a self-speculative draft that skips layers); default all.
+        segment_ids (B, T): packed training, several documents per row — each token attends only to its
+        own document (pass position_ids that restart at each document too, as PackedLoader gives them).
         """
         cfg = self.config
         b, t = input_ids.shape
@@ -145,19 +148,20 @@ class Transformer(nn.Module):
         rope, rope_local = self._rope(positions, t, h.dtype)
         # No mask tensor when attention can say it alone: plain causal over a fresh sequence (is_causal),
         # or one new token that sees everything cached.
-        plain = attention_mask is None and cfg.causal and not per_row and (offset == 0 or t == 1)
-        full = (
-            None
-            if plain
-            else build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b, offset, static_len)
+        plain = (
+            attention_mask is None
+            and segment_ids is None
+            and cfg.causal
+            and not per_row
+            and (offset == 0 or t == 1)
         )
+        args = (h.dtype, h.device, b, offset, static_len, segment_ids)
+        full = None if plain else build_mask(attention_mask, t, cfg.causal, None, *args)
         window = cfg.sliding_window
         if window is None or (attention_mask is None and cfg.causal and longest <= window):
-            sliding = full  # the window reaches back to the start: plain causal
+            sliding = full  # the window reaches back to the start: plain causal (or the documents')
         else:
-            sliding = build_mask(
-                attention_mask, t, cfg.causal, window, h.dtype, h.device, b, offset, static_len
-            )
+            sliding = build_mask(attention_mask, t, cfg.causal, window, *args)
         for i in range(len(self.layers)) if layers is None else layers:
             layer = self.layers[i]
             local = layer.attn.sliding
@@ -174,10 +178,11 @@ class Transformer(nn.Module):
         logits_to_keep: int = 0,
         cache=None,
         layers: Sequence[int] | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V); with logits_to_keep = k > 0 only the last k positions (B, k, V), which is
-        all generation needs and saves a (T × V) matrix product. layers: see hidden_states."""
-        h = self.hidden_states(input_ids, attention_mask, position_ids, cache, layers)
+        all generation needs and saves a (T × V) matrix product. layers, segment_ids: see hidden_states."""
+        h = self.hidden_states(input_ids, attention_mask, position_ids, cache, layers, segment_ids)
         h = self.norm(h[:, -logits_to_keep:] if logits_to_keep else h)
         logits = self.lm_head(h) if self.lm_head is not None else h @ self.embed.weight.T  # (B, T, V)
         if self.config.final_softcap is not None:
@@ -185,29 +190,9 @@ class Transformer(nn.Module):
             logits = c * torch.tanh(logits / c)
         return logits
 
-    @torch.no_grad()
     def init_weights(self, std: float = 0.02) -> Transformer:
-        """Weights for training from scratch (GPT-2, Radford et al. 2019): every matrix and embedding
-        N(0, std), biases 0, norm gains 1, and the two projections that write into the residual stream
-        (attention's output, the MLP's down) N(0, std / √(2 · layers)), so the sum of 2 · layers residual
-        additions keeps its scale at initialisation. PyTorch's own defaults (N(0, 1) embeddings) would start a
-        tied-head model at a loss far above ln V."""
-        residual = std / math.sqrt(2 * self.config.n_layers)
-        for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                leaf = name.rsplit(".", 1)[-1]
-                nn.init.normal_(module.weight, 0.0, residual if leaf in ("o_proj", "down_proj") else std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif (
-                hasattr(module, "weight")
-                and isinstance(module.weight, nn.Parameter)
-                and module.weight.ndim == 1
-            ):
-                # norms: gain 1 (Gemma-style offset norms store gain - 1, so 0)
-                nn.init.constant_(module.weight, 0.0 if getattr(module, "offset", 0.0) else 1.0)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+        """Weights for training from scratch: `gpt2_init_` (below)."""
+        gpt2_init_(self, self.config.n_layers, std)
         return self
 
     def aux_loss(self) -> torch.Tensor | None:
@@ -226,3 +211,26 @@ class Transformer(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.embed.weight.numel() if non_embedding else n
+
+
+@torch.no_grad()
+def gpt2_init_(model: nn.Module, n_layers: int, std: float = 0.02) -> None:
+    """Weights for training from scratch (GPT-2, Radford et al. 2019): every matrix and embedding
+    N(0, std), biases 0, norm gains 1, and the two projections that write into the residual stream
+    (attention's output, the MLP's down) N(0, std / √(2 · layers)), so the sum of 2 · layers residual
+    additions keeps its scale at initialisation. PyTorch's own defaults (N(0, 1) embeddings) would start a
+    tied-head model at a loss far above ln V. Other parameters (T5's relative position bias) keep theirs."""
+    residual = std / math.sqrt(2 * n_layers)
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            leaf = name.rsplit(".", 1)[-1]
+            nn.init.normal_(module.weight, 0.0, residual if leaf in ("o_proj", "down_proj") else std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif (
+            hasattr(module, "weight") and isinstance(module.weight, nn.Parameter) and module.weight.ndim == 1
+        ):
+            # norms: gain 1 (Gemma-style offset norms store gain - 1, so 0)
+            nn.init.constant_(module.weight, 0.0 if getattr(module, "offset", 0.0) else 1.0)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)

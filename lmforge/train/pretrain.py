@@ -43,33 +43,36 @@ def prepare_shards(cfg: TrainConfig) -> Path:
 
 def build_run(cfg: TrainConfig, world=None) -> Trainer:
     """Everything a Trainer needs, from the config (one place: the CLI, the speedrun and tests use it)."""
-    from lmforge.data import RandomWindowLoader, TokenShards
-    from lmforge.model.transformer import Transformer
+    from lmforge.data import PackedLoader, RandomWindowLoader, TokenShards
     from lmforge.train.distributed import wrap_model
     from lmforge.train.optim import AdamW, build_optimizers, param_groups
     from lmforge.train.schedules import make_schedule
 
-    if cfg.objective != "clm" or cfg.loader != "random":
-        raise ValueError(
-            f"objective {cfg.objective!r} with loader {cfg.loader!r}: only objective clm with the random-window "
-            "loader is built so far (masked LM, span corruption and best-fit packing are not yet)"
-        )
+    if cfg.objective == "span" and cfg.loader == "packed":
+        raise ValueError("objective span reads random windows (as T5 does): use loader random, not packed")
     device = resolve_device(cfg.device)
     shards_dir = prepare_shards(cfg)
     train, val = TokenShards(shards_dir, "train"), TokenShards(shards_dir, "val")
     tokenizer = _shards_tokenizer(shards_dir, cfg)
     vocab = int(train.meta["vocab_size"])
     torch.manual_seed(cfg.seed)
-    model = Transformer(model_config(cfg, vocab)).init_weights().to(device)
+    model, batch_fn = build_objective(cfg, vocab, train.eos_id, tokenizer)
+    model = model.to(device)
     if cfg.activation_checkpointing:
         _checkpoint_blocks(model)
     model.tokenizer = tokenizer
     rank, size = (0, 1) if world is None else (world.rank, world.size)
-    train_loader = RandomWindowLoader(
-        train, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=rank, world_size=size
-    )
-    val_loader = RandomWindowLoader(val, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 1, rank=rank,
-                                    world_size=size) if val.num_tokens > cfg.seq_len + 1 else None  # fmt: skip
+
+    def loader(split: TokenShards, seed: int):
+        if cfg.loader == "packed":
+            return PackedLoader(split, cfg.batch_size, cfg.seq_len, seed=seed, rank=rank, world_size=size,
+                                return_segments=True)  # fmt: skip
+        return RandomWindowLoader(split, cfg.batch_size, cfg.seq_len, seed=seed, rank=rank, world_size=size)
+
+    train_loader = loader(train, cfg.seed)
+    # validation needs one window of the held-out split (random), or one document (packed)
+    enough = val.num_documents > 0 if cfg.loader == "packed" else val.num_tokens > cfg.seq_len + 1
+    val_loader = loader(val, cfg.seed + 1) if enough else None
     if cfg.optimizer == "muon":
         optimizers = build_optimizers(model, cfg.lr, cfg.muon_lr, cfg.weight_decay)
     else:
@@ -79,7 +82,74 @@ def build_run(cfg: TrainConfig, world=None) -> Trainer:
     wrapped = wrap_model(model, world, cfg.parallel)
     if cfg.compile:
         wrapped = torch.compile(wrapped)
-    return Trainer(cfg, wrapped, optimizers, schedule, train_loader, val_loader, tokenizer, world=world)
+    return Trainer(cfg, wrapped, optimizers, schedule, train_loader, val_loader, tokenizer, batch_fn, world)
+
+
+def build_objective(cfg: TrainConfig, vocab: int, eos_id: int | None, tokenizer=None):
+    """(model, batch_fn) of the run's objective; batch_fn turns a loader's tensors into the model's batch.
+
+    - clm: a causal Transformer; the batch is (x, y) as the loader cut it. Packed rows add position_ids
+      that restart at each document and segment_ids that keep documents from attending to each other.
+    - mlm: the same Transformer without the causal mask (an encoder); 80/10/10 masking of x (BERT). The
+      [MASK] id is the tokenizer's when it has one, else one extra id past the vocabulary.
+    - span: a T5-style EncoderDecoder; x's spans are replaced by sentinels (extra ids past the
+      vocabulary), the decoder is taught to write them out (teacher forcing: targets shifted right).
+    Masks and spans are drawn from torch's global RNG, which checkpoints save: resume stays exact.
+    """
+    from lmforge.data import MaskingInfo, mlm_mask, span_corruption, span_corruption_lengths
+    from lmforge.model.transformer import Transformer
+
+    if cfg.objective == "clm":
+        model = Transformer(model_config(cfg, vocab)).init_weights()
+        return model, (_packed_batch if cfg.loader == "packed" else None)
+    if cfg.objective == "mlm":
+        mask_id = tokenizer.token_to_id("[MASK]") if tokenizer is not None else None
+        info = MaskingInfo(vocab if mask_id is None else mask_id, vocab,
+                           tuple(i for i in (eos_id, mask_id) if i is not None))  # fmt: skip
+        model = Transformer(model_config(cfg, vocab + (mask_id is None))).init_weights()
+
+        def mlm_batch(x, y, segments=None, positions=None):
+            inputs, labels = mlm_mask(x, info)
+            if segments is not None:
+                labels[segments < 0] = -100  # padding is never a target
+                return {
+                    "input_ids": inputs,
+                    "labels": labels,
+                    "segment_ids": segments,
+                    "position_ids": positions,
+                }
+            return {"input_ids": inputs, "labels": labels}
+
+        return model, mlm_batch
+    # span corruption: as many sentinels as a window of seq_len tokens has spans, plus the closing one
+    _, num_spans, _ = span_corruption_lengths(cfg.seq_len)
+    sentinels = list(range(vocab, vocab + num_spans + 1))
+    start = eos_id if eos_id is not None else 0  # the decoder's first input (BART starts with </s> too)
+    model = _encoder_decoder(cfg, vocab + len(sentinels), start).init_weights()
+
+    def span_batch(x, y):
+        inputs, targets = span_corruption(x, sentinels)  # (B, S), (B, T)
+        decoder_inputs = torch.cat([torch.full_like(targets[:, :1], start), targets[:, :-1]], dim=1)
+        return {"input_ids": inputs, "decoder_input_ids": decoder_inputs, "labels": targets}
+
+    return model, span_batch
+
+
+def _encoder_decoder(cfg: TrainConfig, vocab: int, decoder_start: int):
+    """A fresh T5-style encoder–decoder at the run's size: the preset and depth dial give the width and
+    the number of layers of *each* stack; positions come from T5's relative bias (no RoPE)."""
+    from dataclasses import replace
+
+    from lmforge.model.encoder_decoder import EncoderDecoder
+
+    base = model_config(cfg, vocab)
+    extra = {"relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+             "n_decoder_layers": base.n_layers, "decoder_start_token_id": decoder_start}  # fmt: skip
+    return EncoderDecoder(replace(base, position="none", causal=False, extra={**base.extra, **extra}))
+
+
+def _packed_batch(x, y, segments, positions) -> dict[str, torch.Tensor]:
+    return {"input_ids": x, "labels": y, "segment_ids": segments, "position_ids": positions}
 
 
 def _shards_tokenizer(shards_dir: Path, cfg: TrainConfig):

@@ -80,8 +80,10 @@ def flops_per_token(model_cfg, n_params: int, seq_len: int) -> float:
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
     """The machine's matmul FLOP/s in `dtype`: the best of a few n×n products (the MFU denominator)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # its own generator: measuring must not move the global RNG that masks are drawn from (exact resume)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     best = math.inf
     for _ in range(repeats + 1):
         if device.type == "cuda":
@@ -97,9 +99,15 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, 
 # ------------------------------------------------------------------------------------------ losses
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without its labels: what the model's forward takes (input_ids; position_ids and
+    segment_ids of packed rows; decoder_input_ids of an encoder–decoder)."""
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy of the model's logits against the batch's labels (-100 = not scored)."""
-    logits = model(batch["input_ids"])  # (B, T, V)
+    logits = model(**model_inputs(batch))  # (B, T, V)
     loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
     aux = model.aux_loss() if hasattr(model, "aux_loss") else None
     if aux is not None:
@@ -126,6 +134,7 @@ class Trainer:
                  tokenizer=None, batch_fn=None, world=None) -> None:  # fmt: skip
         self.cfg, self.model, self.optimizers, self.schedule = cfg, model, optimizers, schedule
         self.train_loader, self.val_loader, self.tokenizer = train_loader, val_loader, tokenizer
+        # batch_fn: the loader's tensors → the model's batch (the objective: masking, span corruption, ...)
         self.batch_fn = batch_fn or (lambda x, y: {"input_ids": x, "labels": y})
         self.world = world  # lmforge.train.distributed.World, or None for one process
         self.device = next(model.parameters()).device
@@ -159,8 +168,8 @@ class Trainer:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
         total, tokens = 0.0, 0
         for micro in range(cfg.grad_accum):
-            x, y = self.train_loader.next_batch()
-            batch = {k: v.to(self.device) for k, v in self.batch_fn(x, y).items()}
+            raw = self.train_loader.next_batch()  # (x, y) or (x, y, segments, positions)
+            batch = {k: v.to(self.device) for k, v in self.batch_fn(*raw).items()}
             # DDP: synchronize gradients only on the last micro-batch (the others just accumulate)
             sync = (
                 nullcontext()
@@ -172,7 +181,7 @@ class Trainer:
                     loss = lm_loss(model, batch) / cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
-            tokens += int((batch["labels"] != -100).sum())
+            tokens += raw[0].numel()  # tokens read from the data (throughput, and D of a scaling law)
         if self.scaler:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)
@@ -219,13 +228,18 @@ class Trainer:
             return {}
         self.model.eval()
         state = self.val_loader.state_dict()  # every evaluation sees the same batches
+        # ... and the same masks (MLM, span corruption draw from torch's RNG): a fixed seed here, and the
+        # training RNG put back afterwards, so evaluating does not change the training run (exact resume)
+        rng = torch.get_rng_state()
+        torch.manual_seed(self.cfg.seed + 2)
         nats, count, nbytes = 0.0, 0, 0
-        table = self._token_bytes()
+        # bits per byte only for next-token prediction: a masked or span target is not "the next byte"
+        table = self._token_bytes() if self.cfg.objective == "clm" else None
         for _ in range(self.cfg.eval_batches):
-            x, y = self.val_loader.next_batch()
-            batch = {k: v.to(self.device) for k, v in self.batch_fn(x, y).items()}
+            raw = self.val_loader.next_batch()
+            batch = {k: v.to(self.device) for k, v in self.batch_fn(*raw).items()}
             with self.autocast():
-                logits = self.model(batch["input_ids"])
+                logits = self.model(**model_inputs(batch))
             labels = batch["labels"].flatten()
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels, ignore_index=-100, reduction="none")
             keep = labels != -100
@@ -234,6 +248,7 @@ class Trainer:
             if table is not None:
                 nbytes += int(table[labels[keep].cpu()].sum())
         self.val_loader.load_state_dict(state)
+        torch.set_rng_state(rng)
         self.model.train()
         if self.world is not None:
             nats, count, nbytes = self.world.all_reduce_sum([nats, count, nbytes])

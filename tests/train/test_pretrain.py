@@ -43,7 +43,7 @@ def test_pretrain_bad_input(run, tmp_path):
     (tmp_path / "bad.yaml").write_text("max_step: 3\n")
     for extra, message in [
         (["--config", str(tmp_path / "bad.yaml")], "unknown field(s) 'max_step'"),
-        (["--objective", "mlm"], "only objective clm"),
+        (["--objective", "span", "--loader", "packed"], "span reads random windows"),
         (["--data", str(tmp_path / "nope.txt")], "nope.txt does not exist"),
     ]:
         with pytest.raises(SystemExit) as e:
