@@ -220,6 +220,20 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+def cmd_scaling(args: argparse.Namespace) -> None:
+    from lmforge.train.config import load_config, overrides_from_args
+    from lmforge.train.scaling import plot_scaling, run_grid, table
+
+    cfg = load_config(args.config, overrides_from_args(args))
+    rows, fit = run_grid(cfg, args.depths, args.steps, args.grid_dir)
+    print(table(rows, fit))
+    if fit is None:
+        print(f"{len(rows)} runs: the fit needs at least 5 (more --depths or --steps)")
+        return
+    if args.plot:
+        print(f"plot: {plot_scaling(rows, fit, args.plot)}")
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from lmforge.infer.chat import ChatSession, run_chat
 
@@ -394,6 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--config", help="YAML or JSON file of TrainConfig fields; flags override it")
     add_config_arguments(pt)
     pt.set_defaults(func=cmd_pretrain)
+
+    sc = sub.add_parser(
+        "scaling", help="train a grid of sizes × token budgets, fit L(N, D), plot the frontier"
+    )
+    sc.add_argument("--depths", type=int, nargs="+", required=True, help="model depths (nanochat's dial)")
+    sc.add_argument("--steps", type=int, nargs="+", required=True, help="training steps of each run")
+    sc.add_argument("--grid-dir", default="runs/scaling", help="runs and grid.jsonl (a stopped grid resumes)")
+    sc.add_argument("--plot", default="runs/scaling/scaling.png", help="the PNG to write ('' for none)")
+    sc.add_argument("--config", help="YAML or JSON file of TrainConfig fields shared by every run")
+    add_config_arguments(sc)
+    sc.set_defaults(func=cmd_scaling)
 
     sr = sub.add_parser("speedrun", help="tokenizer → shards → pretraining → report.md, in one command")
     sr.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
