@@ -245,7 +245,10 @@ def table(rows: list[dict[str, Any]], fit: ScalingFit | None) -> str:
     if fit:
         lines += ["", f"L(N, D) = {fit.E:.3f} + {fit.A:.4g} / N^{fit.alpha:.3f} + {fit.B:.4g} / D^{fit.beta:.3f}",
                   "", "| compute C (FLOPs) | N_opt | D_opt | tokens per parameter |", "|---:|---:|---:|---:|"]  # fmt: skip
-        for c in (1e15, 1e17, 1e19, 1e21):
-            n, d = fit.optimal(c)
-            lines.append(f"| {c:.0e} | {n:,.0f} | {d:,.0f} | {d / n:.1f} |")
+        # the budgets the grid spans, and one decade past it: further out is extrapolation, not measurement
+        cs = [6 * r["N"] * r["D"] for r in rows]
+        lo, hi = math.floor(math.log10(min(cs))), math.ceil(math.log10(max(cs))) + 1
+        for k in range(lo, hi + 1):
+            n, d = fit.optimal(10.0**k)
+            lines.append(f"| 1e{k} | {n:,.0f} | {d:,.0f} | {d / n:.1f} |")
     return "\n".join(lines)
