@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -69,8 +69,12 @@ def batch_generate_ids(
     params: SamplingParams | None = None,
     eos_ids: set[int] | None = None,
     pad_id: int = 0,
+    until: Callable[[int, list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """Generate for several prompts of different lengths at once; each row's new ids, end token excluded.
+
+    until(row, new_ids), when given, is asked after every new token whether that row is finished (the
+    evaluator stops a row once its text holds a stop string, e.g. "Question:" in GSM8K).
 
     Prompts are left-padded to one length so every row's next token sits in the same column: the attention
     mask hides the padding from every query, and position ids count only real tokens, so each row computes
@@ -110,7 +114,7 @@ def batch_generate_ids(
                 else:
                     out[row].append(token)
                     seen[row] = torch.cat([seen[row], nxt[row, None, None]], dim=1)
-                    done[row] = len(out[row]) == max_new_tokens
+                    done[row] = len(out[row]) == max_new_tokens or bool(until and until(row, out[row]))
             if all(done):
                 break
             mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=device)], dim=1)

@@ -71,7 +71,8 @@ def build_mask(
     cache) and see keys 0 .. offset + T - 1. offset may be a (B,) tensor: each row has its own length
     (a paged cache batching sequences of different lengths; keys past a row's end are never seen, so
     ragged rows need no padding mask). S defaults to offset + T. attention_mask (B, S) marks real tokens
-    with 1 and padding with 0. We use the most negative finite number rather than -inf so a row with
+    with 1 and padding with 0; a (B, 1, T, S) attention_mask gives the allowed query-key pairs outright
+    (still intersected with causality and the window, which count row indices). We use the most negative finite number rather than -inf so a row with
     nothing to see (a padding query) gives a uniform average, not NaN, as Hugging Face does.
 
     segment_ids (B, T), for a fresh sequence (offset 0, S = T): the document each token belongs to when
@@ -92,7 +93,11 @@ def build_mask(
     if window is not None:
         allowed &= k > q - window  # the query itself and the window - 1 tokens before it
     allowed = (allowed[:, None] if per_row else allowed[None, None]).expand(b, 1, t, s)
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dim() == 4:
+        # a custom (B, 1, T, S) mask of allowed pairs, as Hugging Face accepts: the evaluator's prefix trees
+        # (several continuations after one shared context, lmforge.eval.loglik) need more than padding
+        allowed = allowed & attention_mask.to(device).bool()
+    elif attention_mask is not None:
         allowed = allowed & attention_mask[:, None, None, :].bool()
     if segment_ids is not None:
         seg = segment_ids.to(device)

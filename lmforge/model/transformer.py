@@ -183,8 +183,13 @@ class Transformer(nn.Module):
         """Logits (B, T, V); with logits_to_keep = k > 0 only the last k positions (B, k, V), which is
         all generation needs and saves a (T × V) matrix product. layers, segment_ids: see hidden_states."""
         h = self.hidden_states(input_ids, attention_mask, position_ids, cache, layers, segment_ids)
-        h = self.norm(h[:, -logits_to_keep:] if logits_to_keep else h)
-        logits = self.lm_head(h) if self.lm_head is not None else h @ self.embed.weight.T  # (B, T, V)
+        return self.logits(h[:, -logits_to_keep:] if logits_to_keep else h)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., D) from hidden_states → logits (..., V): the output norm, the unembedding and
+        Gemma's soft cap. Apart so a caller can keep only the positions it scores (lmforge.eval)."""
+        h = self.norm(h)
+        logits = self.lm_head(h) if self.lm_head is not None else h @ self.embed.weight.T  # (..., V)
         if self.config.final_softcap is not None:
             c = self.config.final_softcap
             logits = c * torch.tanh(logits / c)
