@@ -234,6 +234,55 @@ def cmd_scaling(args: argparse.Namespace) -> None:
         print(f"plot: {plot_scaling(rows, fit, args.plot)}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    import os
+    from pathlib import Path
+
+    from lmforge.eval import report
+    from lmforge.eval.tasks import DEFAULT_SUITE, resolve_tasks
+
+    if args.compare:  # side by side from earlier runs: no model is loaded
+        runs = dict(report.load(p) for p in args.compare)
+        print(report.compare(runs))
+        if args.plot:
+            print(f"plot: {report.bar_chart(runs, args.plot)}")
+        return
+    if not args.model:
+        raise ValueError("name a model (a packaged name, a .gguf file or a folder), or use --compare")
+    tasks = resolve_tasks(args.tasks or ",".join(DEFAULT_SUITE))  # unknown names fail before loading
+    import time
+
+    import torch
+
+    import lmforge
+    from lmforge.eval.harness import Cache, Evaluator, group_averages
+    from lmforge.registry import cache_dir, resolve
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    path = resolve(args.model)
+    model = lmforge.load_model(args.model, dtype=args.dtype, quantize=args.quantize)
+    stat = path.stat()
+    fingerprint = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{args.dtype}|{args.quantize}|{args.chat_template}"
+    cache = Cache(None if args.no_cache else (args.cache or cache_dir() / "eval" / "cache.sqlite"))
+    ev = Evaluator(model, fingerprint, cache, rows_per_batch=args.batch_size, gen_batch=args.batch_size * 4,
+                   max_len=args.max_length, chat=args.chat_template)  # fmt: skip
+    data_dir = Path(args.data or os.environ.get("LMFORGE_DATA") or Path.cwd().parent / "shared" / "data")
+    t0 = time.perf_counter()
+    results = []
+    for task in tasks:
+        r = ev.run(task, data_dir, args.limit, args.num_fewshot, args.on_bad_row)
+        if r["skipped"]:
+            print(f"{task.name}: skipped {r['skipped']} malformed row(s)")
+        results.append(r)
+    results += group_averages(results)
+    name = path.stem if path.suffix == ".gguf" else path.name
+    info = {"dtype": args.dtype or "float32", "quantize": args.quantize, "chat_template": args.chat_template,
+            "limit": args.limit, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    paths = report.write(results, args.out_dir, name, info)
+    print(report.markdown([{k: v for k, v in r.items() if k != "rows"} for r in results], name))
+    print(f"{info['seconds']} s; " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from lmforge.infer.chat import ChatSession, run_chat
 
@@ -419,6 +468,39 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--config", help="YAML or JSON file of TrainConfig fields shared by every run")
     add_config_arguments(sc)
     sc.set_defaults(func=cmd_scaling)
+
+    ev = sub.add_parser(
+        "eval", help="benchmarks (ARC, HellaSwag, MMLU, GSM8K, WikiText, ...) as lm-eval scores them"
+    )
+    ev.add_argument("model", nargs="?", help="a packaged name, a .gguf file or a Hugging Face folder")
+    ev.add_argument(
+        "--tasks", help="comma-separated tasks or groups, or task files (default: the 5-task suite)"
+    )
+    ev.add_argument("--limit", type=int, help="only the first N rows of each task")
+    ev.add_argument("--num-fewshot", type=int, help="examples before each question (default: the task's)")
+    ev.add_argument("--batch-size", type=int, default=2, help="rows of packed requests per forward pass")
+    ev.add_argument("--max-length", type=int, help="context window (default: the model's)")
+    ev.add_argument(
+        "--chat-template", action="store_true", help="wrap each prompt in the model's chat template"
+    )
+    ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    ev.add_argument("--quantize", choices=["int8", "int4"])
+    ev.add_argument("--data", help="the shared data folder (default: $LMFORGE_DATA, else ../shared/data)")
+    ev.add_argument("--out-dir", default="runs/eval", help="results.json, results.md, results.png")
+    ev.add_argument("--cache", help="SQLite file of finished requests (default: ~/.cache/lmforge/eval)")
+    ev.add_argument("--no-cache", action="store_true", help="recompute everything")
+    ev.add_argument(
+        "--on-bad-row",
+        choices=["fail", "skip"],
+        default="fail",
+        help="a malformed data row: stop with its line number, or skip it and count it",
+    )
+    ev.add_argument(
+        "--compare", nargs="+", metavar="RESULTS", help="results.json files (or folders) side by side"
+    )
+    ev.add_argument("--plot", help="with --compare: a grouped bar chart PNG")
+    ev.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ev.set_defaults(func=cmd_eval)
 
     sr = sub.add_parser("speedrun", help="tokenizer → shards → pretraining → report.md, in one command")
     sr.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
