@@ -28,7 +28,7 @@ import json
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,6 @@ class Task:
     scorer: str | None = None  # generate: "gsm8k", "triviaqa" or "humaneval"
     group: str | None = None  # tasks of one group are averaged (MMLU's subjects)
     csv_columns: tuple[str, ...] = ()  # .csv rows: the column names
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

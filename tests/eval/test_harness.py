@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,7 @@ def test_every_kind_runs_on_a_tiny_model(tmp_path):
         r = ev.run(task, tmp_path)
         assert all(v == v for k, v in r["metrics"].items() if not k.endswith("_stderr")), r["metrics"]
     m = r["metrics"]
-    assert m["bits_per_byte"] == pytest.approx(__import__("math").log2(m["byte_perplexity"]))
+    assert m["bits_per_byte"] == pytest.approx(math.log2(m["byte_perplexity"]))
     shots = ev.run(lamb, tmp_path, num_fewshot=2)
     assert shots["num_fewshot"] == 2
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import re
 
 import pytest
 import torch
@@ -74,6 +74,5 @@ def test_wikitext_pages_and_detokenizer(data):
     assert wikitext_detokenize("a guest @-@ starring role , in 2000 @,@ 000 . ( film )") == (
         "a guest-starring role, in 2000,000. (film)"
     )
-    words = sum(len(__import__("re").split(r"\s+", d)) for d in docs)
+    words = sum(len(re.split(r"\s+", d)) for d in docs)
     assert 240_000 < words < 260_000  # the word count perplexity divides by (WikiText-2 test: ~245k)
-    assert math.isfinite(words)
