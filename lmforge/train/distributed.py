@@ -70,4 +70,7 @@ def wrap_model(model: torch.nn.Module, world: World | None, mode: str = "ddp") -
 
 def shutdown(world: World | None) -> None:
     if world is not None and dist.is_initialized():
+        # Every rank reaches this point before any tears down: a rank that leaves while another is
+        # still inside a collective (rank 0 saving a checkpoint, say) aborts gloo's worker threads.
+        dist.barrier()
         dist.destroy_process_group()

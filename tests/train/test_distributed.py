@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lmforge.train.config import TrainConfig
-from lmforge.train.distributed import World, wrap_model
+from lmforge.train.distributed import World, shutdown, wrap_model
 from lmforge.train.trainer import Trainer
 from tests.train.test_trainer import tiny_model
 
@@ -56,8 +56,7 @@ def train(rank: int, size: int, mode: str, port: int, out: str) -> None:
         state = model.state_dict()
     if rank == 0:
         torch.save(state, os.path.join(out, f"{mode}-{size}.pt"))
-    if world is not None:
-        dist.destroy_process_group()
+    shutdown(world)
 
 
 def free_port() -> int:
