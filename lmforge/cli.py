@@ -260,9 +260,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     path = resolve(args.model)
-    model = lmforge.load_model(args.model, dtype=args.dtype, quantize=args.quantize)
+    if path.is_dir() and not (path / "config.json").is_file():  # a training run: its latest checkpoint
+        from lmforge.train.checkpoint import latest_checkpoint
+
+        path = latest_checkpoint(path) or path
+    model = lmforge.load_model(path, dtype=args.dtype, quantize=args.quantize)
+    if args.tokenizer:
+        from lmforge.tokenizer import load_tokenizer
+
+        model.tokenizer = load_tokenizer(args.tokenizer)
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError(f"{path}: no tokenizer found with the model; pass --tokenizer NAME_OR_PATH")
     stat = path.stat()
-    fingerprint = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{args.dtype}|{args.quantize}|{args.chat_template}"
+    fingerprint = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{args.dtype}|{args.quantize}|{args.chat_template}|{args.tokenizer}"
     cache = Cache(None if args.no_cache else (args.cache or cache_dir() / "eval" / "cache.sqlite"))
     ev = Evaluator(model, fingerprint, cache, rows_per_batch=args.batch_size, gen_batch=args.batch_size * 4,
                    max_len=args.max_length, chat=args.chat_template)  # fmt: skip
@@ -472,7 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="benchmarks (ARC, HellaSwag, MMLU, GSM8K, WikiText, ...) as lm-eval scores them"
     )
-    ev.add_argument("model", nargs="?", help="a packaged name, a .gguf file or a Hugging Face folder")
+    ev.add_argument(
+        "model",
+        nargs="?",
+        help="a packaged name, a .gguf file, a Hugging Face folder, or an "
+        "lmforge checkpoint (step_*.pt, a run folder, an exported .safetensors)",
+    )
+    ev.add_argument("--tokenizer", help="the tokenizer, when the model files have none (a name or path)")
     ev.add_argument(
         "--tasks", help="comma-separated tasks or groups, or task files (default: the 5-task suite)"
     )

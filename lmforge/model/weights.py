@@ -176,8 +176,18 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Tr
 
 
 def load_weights(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Any supported checkpoint: a GGUF file, or a Hugging Face folder of a decoder, T5 or BERT."""
+    """Any supported checkpoint: a GGUF file, a Hugging Face folder of a decoder, T5 or BERT, or our own
+    (a training run's `step_*.pt` or its folder, or an exported `.safetensors` with its config)."""
     path = Path(path)
+    if path.suffix == ".pt" or (path.is_dir() and not (path / "config.json").is_file()
+                                and any(path.glob("step_*.pt"))):  # fmt: skip
+        from lmforge.train.checkpoint import model_from_checkpoint
+
+        return model_from_checkpoint(path, dtype)
+    if path.suffix == ".safetensors":
+        from lmforge.model.export import load_checkpoint
+
+        return load_checkpoint(path, dtype)
     if path.is_dir():
         model_type = _model_type(path)
         if model_type in ("t5", "mt5"):
@@ -191,7 +201,10 @@ def load_weights(path: str | os.PathLike, dtype: torch.dtype = torch.float32) ->
         return load_hf_folder(path, dtype)
     if path.suffix == ".gguf":
         return load_gguf(path, dtype)
-    raise ValueError(f"{path}: expected a .gguf file or a Hugging Face folder (config.json + *.safetensors)")
+    raise ValueError(
+        f"{path}: expected a .gguf file, a Hugging Face folder (config.json + *.safetensors), "
+        "or an lmforge checkpoint (step_*.pt, a run folder, or an exported .safetensors)"
+    )
 
 
 __all__ = ["load_weights", "load_gguf", "load_hf_folder", "ModelConfig"]

@@ -122,3 +122,53 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
             detail.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
         raise ValueError(f"{path}: checkpoint does not fit this model ({'; '.join(detail)})")
     model.load_state_dict(state)
+
+
+def checkpoint_tokenizer_name(cfg: dict[str, Any]) -> str | None:
+    """Where a run's tokenizer came from: the config's `tokenizer`, else the one its shards' meta.json names."""
+    import json
+
+    if cfg.get("tokenizer"):
+        return str(cfg["tokenizer"])
+    data = cfg.get("data") or []
+    candidates = [Path(data[0])] if len(data) == 1 else []
+    candidates.append(Path(cfg.get("shards_dir") or Path(cfg.get("out_dir", ".")) / "shards"))
+    for d in candidates:
+        meta = d / "meta.json"
+        if meta.is_file():
+            try:
+                return json.loads(meta.read_text(encoding="utf-8")).get("tokenizer")
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def model_from_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A training checkpoint (`step_*.pt`, or a run folder: its latest one) as an eval-mode Transformer.
+
+    The checkpoint carries its ModelConfig, so no other file is needed for the weights; the tokenizer is
+    loaded from where the run took it (`tokenizer` in its config, or its shards' meta.json) when that is
+    still there, else `model.tokenizer` is None and the caller gets token ids only.
+    """
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.transformer import Transformer
+    from lmforge.tokenizer import load_tokenizer
+
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no step_*.pt checkpoint in this folder")
+        path = found
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise ValueError(f"{path}: not an lmforge training checkpoint (expected 'model' and 'model_config')")
+    model = Transformer(ModelConfig(**state["model_config"]))
+    load_model_state(model, state["model"], path)
+    model = model.to(dtype).eval()
+    name = checkpoint_tokenizer_name(state.get("config") or {})
+    try:
+        model.tokenizer = load_tokenizer(name) if name else None
+    except (OSError, ValueError):
+        model.tokenizer = None  # the tokenizer moved since training; the weights are still usable
+    return model
