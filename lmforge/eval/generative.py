@@ -30,7 +30,6 @@ passes, estimated without bias from n >= k samples of which c pass.
 
 from __future__ import annotations
 
-import random
 import re
 import string
 from collections.abc import Iterable, Sequence
@@ -41,11 +40,7 @@ import numpy as np
 # shared pieces of lm-eval
 # ---------------------------------------------------------------------------------------------------------
 
-# lm-eval's TaskConfig defaults; neither gsm8k.yaml nor triviaqa.yaml overrides them. A few-shot prompt is
-# shot_1 ... shot_k, each `doc_to_text + target_delimiter + target + fewshot_delimiter`, then the question.
-FEWSHOT_DELIMITER = "\n\n"
-TARGET_DELIMITER = " "
-FEWSHOT_SEED = 1234  # simple_evaluate(fewshot_random_seed=DEFAULT_OTHER_SEED = 1234), lm_eval/evaluator.py
+# The prompts themselves (few-shot layout and sampling included) are the Task definitions of tasks.py.
 
 
 def truncate_at_stops(text: str, stops: Iterable[str]) -> str:
@@ -84,37 +79,6 @@ def _exact_match(
     return prediction == reference
 
 
-def sample_shots(
-    train_rows: Sequence[dict],
-    k: int,
-    seed: int = FEWSHOT_SEED,
-    *,
-    exclude: dict | None = None,
-    rnd: random.Random | None = None,
-) -> list[dict]:
-    """k few-shot examples drawn as lm-eval's default sampler draws them.
-
-    lm-eval's ContextSampler.sample (lm_eval/api/samplers.py) is `rnd.sample(fewshot_docs, k)`, where rnd
-    is ONE random.Random(1234) per task (set_fewshot_seed -> sampler.set_rnd, lm_eval/api/task.py),
-    advanced once per evaluated question in order. So the shots of question i are the i-th draw of that
-    generator: pass the same `rnd` for every question, in order, to reproduce lm-eval's prompts; without
-    `rnd` this is the first draw of random.Random(seed).
-
-    `exclude`: when shots come from the very split being evaluated, lm-eval draws k + 1 and drops the
-    question itself (compared as a dict), so a question is never its own example. GSM8K draws from train
-    and evaluates test, so lm-eval excludes nothing there.
-    """
-    rnd = random.Random(seed) if rnd is None else rnd
-    rows = train_rows if isinstance(train_rows, list) else list(train_rows)
-    if exclude is None:
-        return rnd.sample(rows, min(k, len(rows)))
-    shots = [r for r in rnd.sample(rows, min(k + 1, len(rows))) if r != exclude][:k]
-    if len(shots) < k:  # the split holds copies of the question: lm-eval resamples without any of them
-        pool = [r for r in rows if r != exclude]
-        shots = rnd.sample(pool, min(k, len(pool)))
-    return shots
-
-
 # ---------------------------------------------------------------------------------------------------------
 # GSM8K: EleutherAI/lm-evaluation-harness, lm_eval/tasks/gsm8k/gsm8k.yaml (metadata version 3.0)
 # ---------------------------------------------------------------------------------------------------------
@@ -130,20 +94,6 @@ GSM8K_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 # applied in order to the extracted answer and to the whole reference solution alike ("(?s).*#### " is
 # what turns the reference solution into its final number).
 GSM8K_REGEXES_TO_IGNORE = [",", "\\$", "(?s).*#### ", "\\.$"]
-
-
-def gsm8k_doc_to_text(question: str) -> str:
-    """doc_to_text: "Question: {{question}}\\nAnswer:"."""
-    return "Question: " + question + "\nAnswer:"
-
-
-def gsm8k_prompt(question: str, shots: Sequence[dict]) -> str:
-    """The k-shot prompt: each shot's question and its whole worked answer (doc_to_target: "{{answer}}"),
-    then the question. Rows are {"question": ..., "answer": ...} as in the GSM8K files."""
-    context = "".join(
-        gsm8k_doc_to_text(s["question"]) + TARGET_DELIMITER + s["answer"] + FEWSHOT_DELIMITER for s in shots
-    )
-    return context + gsm8k_doc_to_text(question)
 
 
 def gsm8k_target(answer_text: str) -> str:

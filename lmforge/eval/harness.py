@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.eval.loglik import Group, LogLikelihood, Scored, encode_pair
-from lmforge.eval.tasks import Task, read_rows
+from lmforge.eval.tasks import FEWSHOT_SEED, Task, read_rows
 
 CHUNK = 64  # groups scored (and cached) at a time: an interrupt loses at most this much work
 
@@ -128,7 +128,7 @@ class Evaluator:
         return [[Scored(*cached[k]) for k in ks] for ks in keys]
 
     def run(self, task: Task, data_dir: Path, limit: int | None = None, num_fewshot: int | None = None,
-            on_bad_row: str = "fail", seed: int = 1234) -> dict[str, Any]:  # fmt: skip
+            on_bad_row: str = "fail", seed: int = FEWSHOT_SEED) -> dict[str, Any]:  # fmt: skip
         """Evaluate one task: its metrics, their standard errors, the row count and the time taken."""
         t0 = time.perf_counter()
         path = _data_path(task.data, data_dir)
@@ -154,9 +154,10 @@ class Evaluator:
 
     def _loglik(self, task: Task, rows: list[dict], pool: list[dict], k: int, seed: int):
         groups, meta = [], []
-        for i, row in enumerate(rows):
+        rnd = random.Random(seed)  # one generator for the task, advanced row by row, as lm-eval's sampler
+        for row in rows:
             r = task.render(row)
-            prefix = task.fewshot_prefix(row, i, pool, k, seed)
+            prefix = task.fewshot_prefix(row, pool, k, rnd)
             if task.kind == "partial":  # one context per option, the same continuation
                 start = len(groups)
                 for ctx in r["choices"]:
@@ -247,8 +248,9 @@ class Evaluator:
     def _generate(self, task: Task, rows: list[dict], pool: list[dict], k: int, seed: int):
         from lmforge.eval import generative
 
-        prompts = [self._context(task, task.fewshot_prefix(row, i, pool, k, seed), task.render(row)["text"])
-                   for i, row in enumerate(rows)]  # fmt: skip
+        rnd = random.Random(seed)  # one generator for the task, advanced row by row, as lm-eval's sampler
+        prompts = [self._context(task, task.fewshot_prefix(row, pool, k, rnd), task.render(row)["text"])
+                   for row in rows]  # fmt: skip
         outputs = self._generations(task, prompts)
         per_row = []
         if task.scorer == "gsm8k":

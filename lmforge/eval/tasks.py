@@ -27,7 +27,7 @@ import csv
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -119,20 +119,59 @@ class Task:
             return r["text"] + self.target_delimiter + r["continuation"]
         return r["text"] + self.target_delimiter + str(r["gold"])
 
-    def fewshot_prefix(self, row: dict, index: int, pool: list[dict], k: int, seed: int = 1234) -> str:
-        """Description + k solved examples + the delimiter, for the row at `index` of the eval rows."""
+    def fewshot_prefix(self, row: dict, pool: list[dict], k: int, rnd: random.Random | None = None) -> str:
+        """Description + k solved examples + the delimiter, for `row`.
+
+        Call it for the eval rows in order with one `rnd = random.Random(FEWSHOT_SEED)` per task: that is
+        lm-eval's sampler, so the prompts are lm-eval's (see sample_shots)."""
         description = self._description.render(**row)
         if k == 0:
             return description
         if self.fewshot_first_n:
             shots = pool[:k]
         else:
-            # a fixed random k per row, never the row itself when shots come from the eval rows
-            candidates = [r for j, r in enumerate(pool) if not (self.fewshot_data is None and j == index)]
-            if len(candidates) < k:
-                raise ValueError(f"task {self.name!r}: {k} shots asked, {len(candidates)} rows to draw from")
-            shots = random.Random(f"{seed}:{index}").sample(candidates, k)
+            own_split = self.fewshot_data is None  # shots from the eval rows: never the row itself
+            if len(pool) - own_split < k:
+                raise ValueError(
+                    f"task {self.name!r}: {k} shots asked, {len(pool) - own_split} rows to draw from"
+                )
+            shots = sample_shots(pool, k, rnd=rnd, exclude=row if own_split else None)
         return description + self.fewshot_delimiter.join(self.shot(s) for s in shots) + self.fewshot_delimiter
+
+
+# -- few-shot examples ------------------------------------------------------------------------------
+FEWSHOT_SEED = 1234  # simple_evaluate(fewshot_random_seed=DEFAULT_OTHER_SEED = 1234), lm_eval/evaluator.py
+
+
+def sample_shots(
+    train_rows: Sequence[dict],
+    k: int,
+    seed: int = FEWSHOT_SEED,
+    *,
+    exclude: dict | None = None,
+    rnd: random.Random | None = None,
+) -> list[dict]:
+    """k few-shot examples drawn as lm-eval's default sampler draws them.
+
+    lm-eval's ContextSampler.sample (lm_eval/api/samplers.py) is `rnd.sample(fewshot_docs, k)`, where rnd
+    is ONE random.Random(1234) per task (set_fewshot_seed -> sampler.set_rnd, lm_eval/api/task.py),
+    advanced once per evaluated question in order. So the shots of question i are the i-th draw of that
+    generator: pass the same `rnd` for every question, in order, to reproduce lm-eval's prompts; without
+    `rnd` this is the first draw of random.Random(seed).
+
+    `exclude`: when shots come from the very split being evaluated, lm-eval draws k + 1 and drops the
+    question itself (compared as a dict), so a question is never its own example. GSM8K draws from train
+    and evaluates test, so lm-eval excludes nothing there.
+    """
+    rnd = random.Random(seed) if rnd is None else rnd
+    rows = train_rows if isinstance(train_rows, list) else list(train_rows)
+    if exclude is None:
+        return rnd.sample(rows, min(k, len(rows)))
+    shots = [r for r in rnd.sample(rows, min(k + 1, len(rows))) if r != exclude][:k]
+    if len(shots) < k:  # the split holds copies of the question: lm-eval resamples without any of them
+        pool = [r for r in rows if r != exclude]
+        shots = rnd.sample(pool, min(k, len(pool)))
+    return shots
 
 
 # -- data -------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from lmforge.eval import generative as g
 from lmforge.eval.sandbox import run_code, run_many
+from lmforge.eval.tasks import BUILTIN, sample_shots
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -85,34 +86,46 @@ def test_gsm8k_target_on_real_rows(gsm8k_train):
         assert g.gsm8k_exact_match(g.extract_gsm8k(row["answer"])["strict"], g.gsm8k_target(row["answer"]))
 
 
+def gsm8k_prompt(row: dict, pool: list[dict], k: int, rnd: random.Random | None = None) -> str:
+    task = BUILTIN["gsm8k"]
+    return task.fewshot_prefix(row, pool, k, rnd) + task.render(row)["text"]
+
+
 def test_gsm8k_prompt_layout():
     shots = [{"question": "Q1?", "answer": "A1\n#### 1"}, {"question": "Q2?", "answer": "A2\n#### 2"}]
-    assert g.gsm8k_doc_to_text("Q?") == "Question: Q?\nAnswer:"
-    assert g.gsm8k_prompt("Q3?", shots) == (
-        "Question: Q1?\nAnswer: A1\n#### 1\n\nQuestion: Q2?\nAnswer: A2\n#### 2\n\nQuestion: Q3?\nAnswer:"
+    q3 = {"question": "Q3?", "answer": "#### 3"}
+    assert gsm8k_prompt(q3, shots, 0) == "Question: Q3?\nAnswer:"
+    prompt = gsm8k_prompt(q3, shots, 2)  # both shots, in the sampler's order, each with its whole solution
+    assert prompt.endswith("\n\nQuestion: Q3?\nAnswer:")
+    assert sorted(prompt.split("\n\n")[:2]) == [
+        "Question: Q1?\nAnswer: A1\n#### 1",
+        "Question: Q2?\nAnswer: A2\n#### 2",
+    ]
+    assert (
+        g.GSM8K_STOP == ["Question:", "</s>", "<|im_end|>"] and list(BUILTIN["gsm8k"].until) == g.GSM8K_STOP
     )
-    assert g.gsm8k_prompt("Q3?", []) == "Question: Q3?\nAnswer:"
-    assert g.GSM8K_STOP == ["Question:", "</s>", "<|im_end|>"]
 
 
 def test_fewshot_sampling_is_deterministic_and_lm_eval_shaped(gsm8k_train, gsm8k_test):
-    a = g.sample_shots(gsm8k_train, 5)
-    assert a == g.sample_shots(gsm8k_train, 5, seed=1234)
+    a = sample_shots(gsm8k_train, 5)
+    assert a == sample_shots(gsm8k_train, 5, seed=1234)
     assert a == random.Random(1234).sample(gsm8k_train, 5)  # lm-eval's ContextSampler.sample
-    assert a != g.sample_shots(gsm8k_train, 5, seed=1)
+    assert a != sample_shots(gsm8k_train, 5, seed=1)
     assert len(a) == 5 and len({r["question"] for r in a}) == 5
     # one generator for the whole task, advanced question by question, as lm-eval's sampler is
     rnd = random.Random(1234)
-    per_question = [g.sample_shots(gsm8k_train, 5, rnd=rnd) for _ in range(3)]
+    per_question = [sample_shots(gsm8k_train, 5, rnd=rnd) for _ in range(3)]
     assert per_question[0] == a and per_question[1] != a
     again = random.Random(1234)
-    assert per_question == [g.sample_shots(gsm8k_train, 5, rnd=again) for _ in range(3)]
+    assert per_question == [sample_shots(gsm8k_train, 5, rnd=again) for _ in range(3)]
     # shots come from train and questions from test: no test question is ever its own example
     train_questions = {r["question"] for r in gsm8k_train}
-    rnd = random.Random(1234)
+    rnd, again = random.Random(1234), random.Random(1234)
     for row in gsm8k_test[:50]:
-        prompt = g.gsm8k_prompt(row["question"], g.sample_shots(gsm8k_train, 5, rnd=rnd))
-        assert prompt.count(row["question"]) == 1 and prompt.endswith(g.gsm8k_doc_to_text(row["question"]))
+        shots = sample_shots(gsm8k_train, 5, rnd=again)
+        prompt = gsm8k_prompt(row, gsm8k_train, 5, rnd)  # the task's prompt draws exactly those shots
+        assert prompt.startswith(BUILTIN["gsm8k"].shot(shots[0]) + "\n\n")
+        assert prompt.count(row["question"]) == 1 and prompt.endswith(f"Question: {row['question']}\nAnswer:")
     assert not train_questions & {r["question"] for r in gsm8k_test[:50]}
 
 
@@ -121,12 +134,12 @@ def test_fewshot_from_the_same_split_excludes_the_question(gsm8k_train):
     rnd = random.Random(1234)
     for _ in range(40):
         for row in pool:
-            shots = g.sample_shots(pool, 5, rnd=rnd, exclude=row)
+            shots = sample_shots(pool, 5, rnd=rnd, exclude=row)
             assert len(shots) == 5 and row not in shots
     # duplicates of the question in the pool are all kept out, and k are still returned
     dup = [pool[0]] * 6 + pool[1:7]
     for seed in range(20):
-        shots = g.sample_shots(dup, 5, seed=seed, exclude=pool[0])
+        shots = sample_shots(dup, 5, seed=seed, exclude=pool[0])
         assert len(shots) == 5 and pool[0] not in shots
 
 

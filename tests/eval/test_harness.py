@@ -57,7 +57,7 @@ def test_builtin_prompts_are_lm_evals(data):
     assert piqa.render(read_rows(piqa, data / piqa.data).rows[0])["text"].endswith("occupants?\nAnswer:")
     mmlu = BUILTIN["mmlu_anatomy"]
     pool = read_rows(mmlu, data / mmlu.fewshot_data).rows
-    prefix = mmlu.fewshot_prefix({}, 0, pool, 1)
+    prefix = mmlu.fewshot_prefix({}, pool, 1)
     assert prefix.startswith("The following are multiple choice questions (with answers) about anatomy.\n\n")
     assert prefix.endswith("\nAnswer: D\n\n")  # the first dev question, answered, then the delimiter
 
@@ -180,3 +180,21 @@ def test_reports_and_group_average(tmp_path):
     report.write(other, tmp_path / "m2", "m2", {})
     table = report.compare(dict(report.load(tmp_path / p) for p in ("m1", "m2")))
     assert "| mmlu_a | acc | 20.00 ± 10.00 | 50.00 ± 10.00 |" in table
+
+
+def test_fewshot_from_the_task_rows_is_lm_evals_draw(tmp_path):
+    """Shots from the eval rows themselves: one Random(1234) for the task, advanced row by row, the row left out."""
+    import random
+
+    from lmforge.eval.tasks import sample_shots
+
+    rows = [{"query": f"q{i}", "choices": ["a", "b"], "gold": i % 2} for i in range(6)]
+    task = Task("toy", data=str(write_jsonl(tmp_path / "toy.jsonl", rows)))
+    rnd, again = random.Random(1234), random.Random(1234)
+    for row in rows:
+        prefix = task.fewshot_prefix(row, rows, 3, rnd)
+        want = sample_shots(rows, 3, rnd=again, exclude=row)
+        assert prefix == "".join(task.shot(s) + "\n\n" for s in want)
+        assert f"{row['query']} " not in prefix and prefix.count("\n\n") == 3
+    with pytest.raises(ValueError, match="6 shots asked, 5 rows to draw from"):
+        task.fewshot_prefix(rows[0], rows, 6, random.Random(0))
