@@ -95,3 +95,10 @@ def test_eval_reads_our_own_training_checkpoints(tmp_path, capsys):
     main(["eval", str(tmp_path / "exported.safetensors"), "--tokenizer", str(tmp_path / "tok.json"),
           "--tasks", str(tmp_path / "cats.yaml"), "--no-cache", "--out-dir", str(tmp_path / "out")])  # fmt: skip
     assert "| cats | 3 | 0 | acc | 100.00 |" in capsys.readouterr().out
+    from lmforge.model.export import save_hf
+
+    save_hf(model, tmp_path / "hf")  # a Hugging Face folder, its tokenizer.json included
+    for extra in ([], ["--dtype", "bfloat16"], ["--quantize", "int8"]):
+        main(["eval", str(tmp_path / "hf"), "--tasks", str(tmp_path / "cats.yaml"), "--no-cache",
+              "--out-dir", str(tmp_path / "out"), *extra])  # fmt: skip
+        assert "| cats | 3 | 0 | acc | 100.00 |" in capsys.readouterr().out, extra
