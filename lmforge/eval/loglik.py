@@ -155,6 +155,9 @@ def tree_mask(tree: torch.Tensor, branch: torch.Tensor, valid: torch.Tensor) -> 
     return allowed[:, None]
 
 
+UNEMBED_CHUNK = 1024  # scored positions per unembedding product
+
+
 class LogLikelihood:
     """Scores Groups with a causal Transformer (lmforge.model.transformer: hidden_states + logits)."""
 
@@ -206,24 +209,35 @@ class LogLikelihood:
         def padded(field: str, fill: int) -> torch.Tensor:
             return torch.tensor([getattr(r, field) + [fill] * (t - len(r.ids)) for r in rows])
 
-        ids, positions = padded("ids", 0), padded("positions", 0)
-        tree, branch = padded("tree", -1), padded("branch", 0)
-        valid = tree >= 0
-        mask = tree_mask(tree, branch, valid)
+        ids = padded("ids", 0)
         device = model.device
-        h = model.hidden_states(
-            ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)
-        )  # (B, T, D)
+        if all(max(r.tree) == 0 and max(r.branch) <= 1 for r in rows):
+            # One context and one continuation per row (perplexity windows, LAMBADA-length rows): the tree
+            # is a plain causal sequence at positions 0..T-1, so no mask tensor — SDPA's causal kernel
+            # instead of a (B, 1, T, T) mask, which at T = 8192 costs more than the matrix products.
+            # Right padding is harmless: a causal query never sees the keys after it.
+            h = model.hidden_states(ids.to(device))  # (B, T, D)
+        else:
+            tree, branch = padded("tree", -1), padded("branch", 0)
+            mask = tree_mask(tree, branch, tree >= 0)
+            h = model.hidden_states(
+                ids.to(device), attention_mask=mask.to(device), position_ids=padded("positions", 0).to(device)
+            )  # (B, T, D)
         # Only the positions that predict a continuation token go through the unembedding: for Gemma's
-        # 262k-token vocabulary that matrix product would otherwise cost more than the whole model.
+        # 262k-token vocabulary that matrix product would otherwise cost more than the whole model. It runs
+        # in chunks of UNEMBED_CHUNK positions, so an 8k-token window never holds (8k, V) logits at once.
         where = [(r, idx) for r, row in enumerate(rows) for (_, _, idx, _) in row.targets]
-        rr = torch.tensor([w[0] for w in where])
-        ii = torch.tensor([w[1] for w in where])
-        logits = model.logits(h[rr.to(device), ii.to(device)]).float()  # (N, V)
-        logp = torch.log_softmax(logits, dim=-1)
+        rr = torch.tensor([w[0] for w in where], device=device)
+        ii = torch.tensor([w[1] for w in where], device=device)
         target = torch.tensor([tok for row in rows for (*_, tok) in row.targets], device=device)
-        token_lp = logp.gather(1, target[:, None])[:, 0].cpu()
-        greedy = (logits.argmax(-1) == target).cpu()
+        lps, hits = [], []
+        for s in range(0, len(where), UNEMBED_CHUNK):
+            sl = slice(s, s + UNEMBED_CHUNK)
+            logits = model.logits(h[rr[sl], ii[sl]]).float()  # (N, V)
+            logp = torch.log_softmax(logits, dim=-1)
+            lps.append(logp.gather(1, target[sl, None])[:, 0].cpu())
+            hits.append((logits.argmax(-1) == target[sl]).cpu())
+        token_lp, greedy = torch.cat(lps), torch.cat(hits)
         n = 0
         for row in rows:
             sums: dict[tuple[int, int], list] = {}
