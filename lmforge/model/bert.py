@@ -138,7 +138,9 @@ class BertEncoder(nn.Module):
         return self.mlm_head(self(input_ids, attention_mask, token_type_ids), self.embed.weight)
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> torch.Tensor:
+    def encode(
+        self, texts: list[str], batch_size: int = 32, normalize: bool = True, progress: bool = False
+    ) -> torch.Tensor:
         """Sentence embeddings (N, D), float32 on the CPU, in the order of `texts`.
 
         Texts are truncated to `max_seq_length` tokens. As sentence-transformers does, they are batched
@@ -153,7 +155,12 @@ class BertEncoder(nn.Module):
         texts = list(texts)
         out = torch.empty(len(texts), self.config.dim, dtype=torch.float32)  # (N, D)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        for start in range(0, len(texts), batch_size):
+        starts = range(0, len(texts), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="encode", unit="batch", total=len(starts))
+        for start in starts:
             idx = order[start : start + batch_size]
             enc = self.tokenizer(
                 [texts[i] for i in idx],
