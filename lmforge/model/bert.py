@@ -93,6 +93,7 @@ class BertEncoder(nn.Module):
         self.tokenizer = None  # a WordPieceTokenizer, set by load_bert_folder
         self.pooling = "mean"  # from 1_Pooling/config.json
         self.max_seq_length = cfg.max_seq_len  # sentence_bert_config.json: 256 for all-MiniLM-L6-v2
+        self.source_dir: Path | None = None  # the folder it was loaded from
 
     @property
     def device(self) -> torch.device:
@@ -137,6 +138,29 @@ class BertEncoder(nn.Module):
             )
         return self.mlm_head(self(input_ids, attention_mask, token_type_ids), self.embed.weight)
 
+    def hidden_states(
+        self, texts: list[str], text_pair: list[str] | None = None, max_length: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise a batch (pairs become [CLS] a [SEP] b [SEP]) and run it: (hidden (b, T, D), mask (b, T))."""
+        if self.tokenizer is None:
+            raise ValueError("this BertEncoder has no tokenizer; set model.tokenizer or use load_bert_folder")
+        enc = self.tokenizer(
+            list(texts),
+            text_pair=None if text_pair is None else list(text_pair),
+            padding=True,
+            truncation=True,
+            max_length=max_length or self.max_seq_length,
+            return_tensors="pt",
+        )
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        return self(ids, mask, enc["token_type_ids"].to(self.device)), mask
+
+    def embed_texts(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+        """Pooled sentence vectors (b, D) of one batch, with gradients (training uses this; encode wraps it)."""
+        h, mask = self.hidden_states(texts)  # (b, T, D)
+        emb = pool(h, mask, self.pooling)  # (b, D)
+        return F.normalize(emb, p=2, dim=-1) if normalize else emb
+
     @torch.inference_mode()
     def encode(
         self, texts: list[str], batch_size: int = 32, normalize: bool = True, progress: bool = False
@@ -162,19 +186,7 @@ class BertEncoder(nn.Module):
             starts = tqdm(starts, desc="encode", unit="batch", total=len(starts))
         for start in starts:
             idx = order[start : start + batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_seq_length,
-                return_tensors="pt",
-            )
-            ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-            h = self(ids, mask, enc["token_type_ids"].to(self.device))  # (b, T, D)
-            emb = pool(h, mask, self.pooling)  # (b, D)
-            if normalize:
-                emb = F.normalize(emb, p=2, dim=-1)
-            out[idx] = emb.float().cpu()
+            out[idx] = self.embed_texts([texts[i] for i in idx], normalize=normalize).float().cpu()
         return out
 
 
@@ -257,6 +269,7 @@ _HF_BERT_NAMES = [
     (r"cls\.predictions\.transform\.LayerNorm\.(weight|bias)", r"mlm_head.norm.\1"),
     (r"cls\.predictions\.(?:decoder\.)?bias", "mlm_head.bias"),
 ]
+_HF_BERT_TABLE = _HF_BERT_NAMES  # the raw (pattern, template) pairs: export inverts them
 _HF_BERT_NAMES = [(re.compile(p), r) for p, r in _HF_BERT_NAMES]
 # Tensors a BERT checkpoint may carry that the encoder does not use:
 #   embeddings.position_ids: a cached arange(max_positions) buffer that older transformers saved;
@@ -264,8 +277,10 @@ _HF_BERT_NAMES = [(re.compile(p), r) for p, r in _HF_BERT_NAMES]
 #             pooling does not use it);
 #   cls.seq_relationship.*: the next-sentence-prediction head of BertForPreTraining;
 #   cls.predictions.decoder.weight: the MLM head's output matrix, a copy of the word embeddings (tied).
+#   classifier.*: a BertForSequenceClassification head (a cross-encoder reads it with the pooler).
 _IGNORED = re.compile(
-    r"embeddings\.position_ids|pooler\..*|cls\.seq_relationship\..*|cls\.predictions\.decoder\.weight"
+    r"embeddings\.position_ids|pooler\..*|classifier\..*|cls\.seq_relationship\..*"
+    r"|cls\.predictions\.decoder\.weight"
 )
 
 
@@ -343,6 +358,7 @@ def load_bert_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32
 
         model.tokenizer = load_wordpiece(path)
     model.pooling = _read_pooling(path)
+    model.source_dir = path  # save_bert_folder copies its tokenizer and sentence-transformers files
     st_cfg = path / "sentence_bert_config.json"
     st_max = read_json(st_cfg).get("max_seq_length") if st_cfg.is_file() else None
     if st_max:
@@ -357,4 +373,85 @@ def load_bert_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32
     return model.eval()
 
 
-__all__ = ["BertEncoder", "bert_name_to_ours", "config_from_hf_bert", "load_bert_folder", "pool"]
+# Files of a sentence-transformers folder that describe the pipeline, not the weights.
+_COPIED = (
+    "config.json",
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling",
+)
+
+
+def bert_state_to_hf(model: BertEncoder, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Our BERT state dict in Hugging Face names (``prefix="bert."`` for a BertFor* checkpoint)."""
+    from lmforge.model.export import _inverse
+
+    table = _inverse(_HF_BERT_TABLE)
+    out = {}
+    for name, t in model.state_dict().items():
+        for pat, template in table:
+            m = pat.match(name)
+            if m:
+                out[prefix + m.expand(template)] = t.detach().contiguous()
+                break
+        else:
+            raise ValueError(f"parameter {name!r} has no Hugging Face BERT name")
+    if "mlm_head.bias" in model.state_dict():
+        out[prefix.replace("bert.", "") + "cls.predictions.decoder.weight"] = out[
+            prefix + "embeddings.word_embeddings.weight"
+        ]
+    return out
+
+
+def save_bert_folder(
+    model: BertEncoder,
+    folder: str | os.PathLike,
+    extra: dict[str, torch.Tensor] | None = None,
+    config: dict[str, Any] | None = None,
+    prefix: str = "",
+) -> Path:
+    """Write a fine-tuned encoder as a Hugging Face / sentence-transformers folder (loads in both).
+
+    The tokenizer and pipeline files are copied from the folder the model was loaded from; ``extra``
+    tensors (a classifier head) and ``config`` fields are added to model.safetensors and config.json."""
+    import json
+    import shutil
+
+    from lmforge.fileio import atomic_write_text
+    from lmforge.model.export import _atomic_save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    src = getattr(model, "source_dir", None)
+    if src is not None:
+        for name in _COPIED:
+            f = Path(src) / name
+            if f.is_dir():
+                shutil.copytree(f, folder / name, dirs_exist_ok=True)
+            elif f.is_file() and f.resolve() != (folder / name).resolve():
+                shutil.copyfile(f, folder / name)
+    cfg_file = folder / "config.json"
+    hf_cfg = read_json(cfg_file) if cfg_file.is_file() else {"model_type": "bert"}
+    atomic_write_text(cfg_file, json.dumps({**hf_cfg, **(config or {})}, indent=2))
+    tensors = {
+        **bert_state_to_hf(model, prefix),
+        **{k: v.detach().contiguous() for k, v in (extra or {}).items()},
+    }
+    _atomic_save_file(tensors, folder / "model.safetensors", {"format": "pt"})
+    return folder
+
+
+__all__ = [
+    "BertEncoder",
+    "bert_name_to_ours",
+    "bert_state_to_hf",
+    "config_from_hf_bert",
+    "load_bert_folder",
+    "pool",
+    "save_bert_folder",
+]

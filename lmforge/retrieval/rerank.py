@@ -1,0 +1,219 @@
+"""Reranking: score each (query, candidate) pair jointly, then reorder the first-stage top k.
+
+A bi-encoder embeds query and passage apart, so they never see each other. A cross-encoder (Nogueira &
+Cho, "Passage Re-ranking with BERT", 2019) reads ``[CLS] query [SEP] passage [SEP]`` through every layer,
+so attention can align query terms with passage terms; it is far more accurate per pair and far too slow
+to run over a whole corpus — hence retrieve (BM25 / dense / hybrid, top 30-100) then rerank.
+
+- ``CrossEncoder``: MiniLM's BERT + its pooler (dense + tanh on [CLS]) + a linear layer to one relevance
+  logit — the layout of Hugging Face's BertForSequenceClassification, so a trained one saves as a
+  folder that transformers and sentence-transformers' CrossEncoder load. Trained listwise: each query
+  with one relevant passage and n BM25-mined non-relevant ones, softmax cross-entropy over the group
+  (the "localized contrastive estimation" of Gao, Dai & Callan, 2021).
+- ``LLMReranker``: a chat model asked "is this passage relevant to the query? yes/no"; the score is
+  log p(yes) − log p(no) of the next token (pointwise, as in Liang et al.'s HELM MS MARCO setup and
+  Nogueira et al.'s monoT5). No training; its quality is the chat model's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.model.bert import BertEncoder, load_bert_folder, save_bert_folder
+
+Hits = list[tuple[str, float]]
+
+
+class CrossEncoder(nn.Module):
+    """(query, passage) → one relevance logit, from a BERT encoder."""
+
+    def __init__(self, bert: BertEncoder, max_length: int = 256):
+        super().__init__()
+        dim = bert.config.dim
+        self.bert, self.max_length = bert, max_length
+        self.pooler = nn.Linear(dim, dim)
+        self.classifier = nn.Linear(dim, 1)
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike, max_length: int = 256) -> CrossEncoder:
+        """From a BERT folder: a plain encoder gets a new head; a saved cross-encoder gets its own back."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        bert = load_bert_folder(path)
+        self = cls(bert, max_length)
+        heads = {}
+        for f in sorted(path.glob("*.safetensors")):
+            with safe_open(f, "pt") as h:
+                for k in h.keys():
+                    name = k.removeprefix("bert.")
+                    if name.startswith(("pooler.dense.", "classifier.")):
+                        heads[name.replace("pooler.dense.", "pooler.")] = h.get_tensor(k)
+        for name, t in heads.items():
+            target = self.get_parameter(name)
+            if target.shape != t.shape:
+                raise ValueError(f"{path}: {name} has shape {tuple(t.shape)}, expected {tuple(target.shape)}")
+            with torch.no_grad():
+                target.copy_(t)
+        return self.eval()
+
+    def forward(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
+        h, _ = self.bert.hidden_states(list(queries), list(passages), self.max_length)  # (B, T, D)
+        return self.classifier(torch.tanh(self.pooler(h[:, 0]))).squeeze(-1)  # (B,)
+
+    @torch.inference_mode()
+    def score(self, query: str, passages: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        out = []
+        order = sorted(range(len(passages)), key=lambda i: -len(passages[i]))  # similar lengths batch well
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            out.append((idx, self([query] * len(idx), [passages[i] for i in idx]).float().numpy()))
+        scores = np.empty(len(passages), np.float32)
+        for idx, v in out:
+            scores[idx] = v
+        return scores
+
+    def rerank(self, query: str, hits: Hits, docs: Mapping[str, str], top: int | None = None) -> Hits:
+        """Reorder ``hits`` (the first stage's top k) by cross-encoder score."""
+        if not hits:
+            return []
+        scores = self.score(query, [docs[d] for d, _ in hits])
+        out = sorted(zip((d for d, _ in hits), scores.tolist()), key=lambda x: -x[1])
+        return out[:top] if top else out
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """A BertForSequenceClassification folder (num_labels 1): transformers and sentence-transformers load it."""
+        extra = {
+            "bert.pooler.dense.weight": self.pooler.weight,
+            "bert.pooler.dense.bias": self.pooler.bias,
+            "classifier.weight": self.classifier.weight,
+            "classifier.bias": self.classifier.bias,
+        }
+        cfg = {
+            "architectures": ["BertForSequenceClassification"],
+            "num_labels": 1,
+            "id2label": {"0": "LABEL_0"},
+            "label2id": {"LABEL_0": 0},
+        }
+        return save_bert_folder(self.bert, folder, extra=extra, config=cfg, prefix="bert.")
+
+
+def train_cross_encoder(
+    model: CrossEncoder,
+    groups: Sequence[tuple[str, str, list[str]]],
+    epochs: int = 1,
+    groups_per_step: int = 4,
+    lr: float = 3e-5,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Listwise training: each group (query, relevant passage, [non-relevant passages]) is a softmax
+    over its passages with the relevant one as the label. AdamW, warm-up then linear decay, clip 1.0."""
+    from lmforge.train.optim import AdamW, clip_grad_norm_, param_groups
+
+    groups = [g for g in groups if g[2]]
+    if not groups:
+        raise ValueError("no training group has a negative passage")
+    rnd = random.Random(seed)
+    steps = [
+        groups[i : i + groups_per_step]
+        for ep in range(epochs)
+        for i in range(0, len(groups), groups_per_step)
+        for _ in [rnd.shuffle(groups) if i == 0 else None]
+    ]
+    total, warm = len(steps), max(1, len(steps) // 10)
+    opt = AdamW(param_groups(model, 0.01), lr=lr)
+    model.train()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="cross-encoder", unit="step")
+    losses = []
+    for step, chunk in enumerate(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
+        qs, ps, sizes = [], [], []
+        for q, pos, negs in chunk:
+            qs += [q] * (1 + len(negs))
+            ps += [pos, *negs]
+            sizes.append(1 + len(negs))
+        logits = model(qs, ps).split(sizes)  # one (1 + n,) per group; index 0 is the relevant passage
+        loss = torch.stack(
+            [F.cross_entropy(x[None], torch.zeros(1, dtype=torch.long)) for x in logits]
+        ).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(
+                f"cross-encoder loss is {losses[-1]} at step {step}: lower the learning rate"
+            )
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return losses
+
+
+class LLMReranker:
+    """Pointwise relevance from a chat model: log p("yes") − log p("no") after a yes/no question."""
+
+    # Among the wordings we tried on SmolLM2-135M-Instruct, this one (question first, "reply with only
+    # yes or no") was the only one to rank an obviously relevant passage first on every probe pair.
+    PROMPT = (
+        "Here is a question and a text.\nQuestion: {query}\nText: {passage}\n"
+        "Does the text answer the question? Reply with only yes or no."
+    )
+
+    def __init__(self, model, tokenizer, chat_template: bool = True, max_passage_chars: int = 1500):
+        self.model, self.tok, self.chat, self.max_chars = model, tokenizer, chat_template, max_passage_chars
+        self.yes = self._first_tokens(["yes", "Yes", " yes", " Yes"])
+        self.no = self._first_tokens(["no", "No", " no", " No"])
+
+    def _first_tokens(self, words: list[str]) -> list[int]:
+        return sorted({self.tok.encode(w)[0] for w in words if self.tok.encode(w)})
+
+    def prompt(self, query: str, passage: str) -> list[int]:
+        text = self.PROMPT.format(passage=passage[: self.max_chars], query=query)
+        if self.chat:
+            if getattr(self.tok, "chat_template", None) is None:
+                raise ValueError("this model has no chat template; pass chat_template=False")
+            text = self.tok.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True
+            )
+        return self.tok.encode(text)
+
+    @torch.inference_mode()
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """log p(yes) − log p(no) per passage. Prompts differ in length, so each runs as its own row:
+        exact, and on a CPU a batch of padded rows would cost as much."""
+        dev = next(self.model.parameters()).device
+        out = np.empty(len(passages), np.float32)
+        for i, p in enumerate(passages):
+            ids = torch.tensor([self.prompt(query, p)], device=dev)
+            lp = torch.log_softmax(self.model(ids)[0, -1].float(), -1)  # (V,) the answer's first token
+            out[i] = float(torch.logsumexp(lp[self.yes], -1) - torch.logsumexp(lp[self.no], -1))
+        return out
+
+    def rerank(self, query: str, hits: Hits, docs: Mapping[str, str], top: int | None = None) -> Hits:
+        if not hits:
+            return []
+        scores = self.score(query, [docs[d] for d, _ in hits])
+        out = sorted(zip((d for d, _ in hits), scores.tolist()), key=lambda x: -x[1])
+        return out[:top] if top else out
