@@ -293,6 +293,119 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"{info['seconds']} s; " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
 
 
+def _filter(pairs: list[str] | None) -> dict | None:
+    if not pairs:
+        return None
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ValueError(f"--filter {p!r}: expected FIELD=VALUE")
+        k, v = p.split("=", 1)
+        out.setdefault(k, []).append(v)
+    return out
+
+
+def _reranker(name: str | None, model_name: str):
+    if not name:
+        return None
+    if name == "llm":
+        from lmforge import load_model, load_tokenizer
+        from lmforge.retrieval.rerank import LLMReranker
+
+        return LLMReranker(load_model(model_name), load_tokenizer(model_name))
+    from lmforge.registry import resolve
+    from lmforge.retrieval.rerank import CrossEncoder
+
+    return CrossEncoder.from_folder(resolve(name))
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from lmforge.retrieval.analysis import Analyzer
+    from lmforge.retrieval.bm25 import BM25
+    from lmforge.retrieval.search import SearchIndex, read_documents
+
+    def docs(index: SearchIndex) -> list[dict]:
+        count = None
+        if args.chunking == "tokens" and index.embedder_name:  # chunks sized in the embedder's tokens
+            tok = index.encoder.tokenizer
+            count = lambda w: len(tok.encode(w, add_special_tokens=False))  # noqa: E731
+        return read_documents(args.docs, args.chunking, args.chunk_size, args.overlap, args.on_bad_row, count)
+
+    t0 = time.perf_counter()
+    if args.action == "build":
+        embedder = None if args.embedder == "none" else args.embedder
+        bm25 = BM25(Analyzer(stemmer=None if args.stemmer == "none" else args.stemmer), method=args.bm25)
+        index = SearchIndex(embedder, bm25)
+        index.add(docs(index))
+    else:
+        index = SearchIndex.load(args.index)
+        if args.action == "add":
+            index.add(docs(index))
+        else:
+            index.delete(args.ids)
+    index.save(args.index)
+    print(f"{args.index}: {len(index.docs)} documents ({time.perf_counter() - t0:.1f} s)")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from lmforge.retrieval.search import SearchIndex
+
+    index = SearchIndex.load(args.index)
+    depth = max(args.k, args.rerank_depth) if args.rerank else args.k
+    hits = index.search(args.query, depth, args.mode, args.fusion, args.weight, _filter(args.filter))
+    rr = _reranker(args.rerank, args.model)
+    if rr is not None:
+        hits = rr.rerank(args.query, hits, index.texts())
+    for rank, (d, score) in enumerate(hits[: args.k], 1):
+        text = " ".join(index.docs[d]["text"].split())
+        print(f"{rank:>3}  {score:9.4f}  {d}  {text[:160]}")
+    if not hits:
+        print("no document matches")
+
+
+def cmd_rag(args: argparse.Namespace) -> None:
+    from lmforge import load_model
+    from lmforge.retrieval.rag import RAG
+    from lmforge.retrieval.search import SearchIndex
+
+    index = SearchIndex.load(args.index)
+    rag = RAG(
+        lambda q, k: index.search(q, k, args.mode),
+        index.texts(),
+        load_model(args.model),
+        k=args.k,
+        min_score=args.min_score,
+        reranker=_reranker(args.rerank, args.model),
+    )
+    ans = rag.answer(args.question)
+    print(ans.text)
+    for i, (d, score) in enumerate(ans.sources, 1):
+        mark = "*" if i in ans.cited else " "
+        print(f"{mark}[{i}] {d} ({score:.3f})")
+    if ans.sources:
+        print("groundedness (lexical): " + f"{rag.groundedness(ans)['lexical']:.2f}")
+
+
+def cmd_retrieval_eval(args: argparse.Namespace) -> None:
+    from lmforge.retrieval import metrics
+    from lmforge.retrieval.collections import read_qrels, read_run
+
+    qrels = read_qrels(args.qrels)
+    names = args.runs
+    per = {n: metrics.evaluate(read_run(n), qrels) for n in names}
+    cols = list(next(iter(per.values())))
+    print("| run | " + " | ".join(cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+    for n, pq in per.items():
+        m = metrics.mean(pq)
+        print(f"| {n} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |")
+    if len(names) > 1:
+        base = per[names[0]]["ndcg@10"]
+        for n in names[1:]:
+            p = metrics.randomization_test(per[n]["ndcg@10"], base)
+            print(f"{n} vs {names[0]}: nDCG@10 paired randomisation test p = {p:.4f}")
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from lmforge.infer.chat import ChatSession, run_chat
 
@@ -518,6 +631,68 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     ev.set_defaults(func=cmd_eval)
 
+    ix = sub.add_parser("index", help="build, grow or shrink a search index (BM25 + dense vectors)")
+    isub = ix.add_subparsers(dest="action", required=True)
+    for action in ("build", "add", "delete"):
+        a = isub.add_parser(action)
+        a.add_argument("index", help="the index folder")
+        if action == "delete":
+            a.add_argument("ids", nargs="+", help="document ids to remove")
+        else:
+            a.add_argument(
+                "--docs", required=True, help="a .jsonl file ({id, text, ...}) or a folder of .txt/.md"
+            )
+            a.add_argument("--chunking", choices=["paragraphs", "tokens"], default="paragraphs")
+            a.add_argument(
+                "--chunk-size",
+                type=int,
+                default=200,
+                help="tokens per chunk (--chunking tokens; the embedder's tokens, else words)",
+            )
+            a.add_argument("--overlap", type=int, default=40)
+            a.add_argument("--on-bad-row", choices=["fail", "skip"], default="fail")
+        if action == "build":
+            a.add_argument(
+                "--embedder", default="all-minilm-l6-v2", help="a BERT model, or none for BM25 only"
+            )
+            a.add_argument(
+                "--bm25", default="lucene", choices=["lucene", "robertson", "atire", "bm25l", "bm25+"]
+            )
+            a.add_argument("--stemmer", default="english", help="a Snowball language, or none")
+        a.set_defaults(func=cmd_index)
+
+    se = sub.add_parser("search", help="search an index: bm25, dense or hybrid, optionally reranked")
+    se.add_argument("index")
+    se.add_argument("query")
+    se.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="hybrid")
+    se.add_argument("--fusion", choices=["rrf", "score"], default="rrf")
+    se.add_argument("--weight", type=float, default=0.5, help="dense weight for --fusion score")
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--filter", action="append", help="FIELD=VALUE on document metadata (repeatable)")
+    se.add_argument("--rerank", help="a cross-encoder folder, or llm (the chat model judges relevance)")
+    se.add_argument("--rerank-depth", type=int, default=30)
+    se.add_argument("--model", default="smollm2-135m-instruct", help="the chat model for --rerank llm")
+    se.set_defaults(func=cmd_search)
+
+    rg = sub.add_parser("rag", help="answer a question from an index, citing its sources")
+    rg.add_argument("index")
+    rg.add_argument("question")
+    rg.add_argument("--model", default="smollm2-135m-instruct")
+    rg.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="hybrid")
+    rg.add_argument("-k", type=int, default=3, help="passages in the prompt")
+    rg.add_argument("--min-score", type=float, help="refuse when the best retrieval score is lower")
+    rg.add_argument("--rerank", help="a cross-encoder folder, or llm")
+    rg.set_defaults(func=cmd_rag)
+
+    rv = sub.add_parser("retrieval", help="retrieval evaluation")
+    rsub = rv.add_subparsers(dest="action", required=True)
+    re_ = rsub.add_parser(
+        "eval", help="nDCG@10, Recall@100, MRR@10, MAP of TREC run files, with a paired test"
+    )
+    re_.add_argument("runs", nargs="+", help="TREC run files; the first is the baseline of the tests")
+    re_.add_argument("--qrels", required=True, help="TREC qrels (qid 0 docid grade)")
+    re_.set_defaults(func=cmd_retrieval_eval)
+
     sr = sub.add_parser("speedrun", help="tokenizer → shards → pretraining → report.md, in one command")
     sr.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
     sr.add_argument("--corpus", nargs="+", help="text files (default: shared TinyStories + tinyshakespeare)")
@@ -566,7 +741,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, KeyError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

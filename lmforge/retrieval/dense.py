@@ -35,6 +35,27 @@ ANN_THRESHOLD = 100_000
 Filter = Mapping[str, Any] | Callable[[dict], bool] | None
 
 
+def metadata_mask(meta: Sequence[dict], where: Filter) -> np.ndarray | None:
+    """(N,) bool of the documents a filter keeps: ``{"field": value}`` (a list/set value: any of them),
+    or a function of the metadata dict; None keeps all."""
+    if where is None:
+        return None
+    if callable(where):
+        return np.fromiter((bool(where(m)) for m in meta), bool, len(meta))
+
+    def keep(m: dict) -> bool:
+        for k, want in where.items():
+            got = m.get(k)
+            if isinstance(want, list | tuple | set | frozenset):
+                if got not in want:
+                    return False
+            elif got != want:
+                return False
+        return True
+
+    return np.fromiter((keep(m) for m in meta), bool, len(meta))
+
+
 def _faiss():
     try:
         import faiss
@@ -135,24 +156,7 @@ class DenseIndex:
 
     # ---- searching ----
     def mask(self, where: Filter) -> np.ndarray | None:
-        """(N,) bool of the documents a filter keeps: ``{"field": value}`` (a list/set value: any of them),
-        or a function of the metadata dict."""
-        if where is None:
-            return None
-        if callable(where):
-            return np.fromiter((bool(where(m)) for m in self.meta), bool, len(self.meta))
-
-        def keep(m: dict) -> bool:
-            for k, want in where.items():
-                got = m.get(k)
-                if isinstance(want, list | tuple | set | frozenset):
-                    if got not in want:
-                        return False
-                elif got != want:
-                    return False
-            return True
-
-        return np.fromiter((keep(m) for m in self.meta), bool, len(self.meta))
+        return metadata_mask(self.meta, where)
 
     def search(self, queries: np.ndarray, k: int = 10, where: Filter = None) -> list[list[tuple[str, float]]]:
         """The k nearest documents (id, cosine) for each query vector (nq, D)."""

@@ -189,8 +189,8 @@ class LLMReranker:
     def _first_tokens(self, words: list[str]) -> list[int]:
         return sorted({self.tok.encode(w)[0] for w in words if self.tok.encode(w)})
 
-    def prompt(self, query: str, passage: str) -> list[int]:
-        text = self.PROMPT.format(passage=passage[: self.max_chars], query=query)
+    def ids(self, text: str) -> list[int]:
+        """A user message as prompt token ids, in the chat template when the reranker uses one."""
         if self.chat:
             if getattr(self.tok, "chat_template", None) is None:
                 raise ValueError("this model has no chat template; pass chat_template=False")
@@ -199,17 +199,24 @@ class LLMReranker:
             )
         return self.tok.encode(text)
 
-    @torch.inference_mode()
+    def prompt(self, query: str, passage: str) -> list[int]:
+        return self.ids(self.PROMPT.format(passage=passage[: self.max_chars], query=query))
+
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
-        """log p(yes) − log p(no) per passage. Prompts differ in length, so each runs as its own row:
-        exact, and on a CPU a batch of padded rows would cost as much."""
+        """log p(yes) − log p(no) per passage."""
+        return np.array([self.judge(self.prompt(query, p)) for p in passages], np.float32)
+
+    @torch.inference_mode()
+    def judge(self, ids: list[int]) -> float:
+        """log p(yes) − log p(no) for the token after a prompt (one row: prompts differ in length, and on a
+        CPU a batch of padded rows costs as much). RAG's yes/no answers and its groundedness judge use it too."""
         dev = next(self.model.parameters()).device
-        out = np.empty(len(passages), np.float32)
-        for i, p in enumerate(passages):
-            ids = torch.tensor([self.prompt(query, p)], device=dev)
-            lp = torch.log_softmax(self.model(ids)[0, -1].float(), -1)  # (V,) the answer's first token
-            out[i] = float(torch.logsumexp(lp[self.yes], -1) - torch.logsumexp(lp[self.no], -1))
-        return out
+        lp = torch.log_softmax(self.model(torch.tensor([ids], device=dev))[0, -1].float(), -1)  # (V,)
+        return float(torch.logsumexp(lp[self.yes], -1) - torch.logsumexp(lp[self.no], -1))
+
+    def ask(self, text: str) -> float:
+        """``judge`` for any yes/no question."""
+        return self.judge(self.ids(text))
 
     def rerank(self, query: str, hits: Hits, docs: Mapping[str, str], top: int | None = None) -> Hits:
         if not hits:
