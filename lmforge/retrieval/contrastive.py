@@ -197,3 +197,29 @@ def train_embedder(
         bar.close()
     encoder.eval()
     return losses
+
+
+DOC2QUERY_PROMPT = (
+    "Write one short search query that the following passage answers.\n\nPassage: {passage}\n\nQuery:"
+)
+
+
+def pseudo_queries(
+    chat_model, passages: Sequence[str], max_tokens: int = 24, max_chars: int = 1200, progress: bool = True
+) -> list[str]:
+    """doc2query: the chat model writes one query per passage (greedy; its first line, quotes stripped).
+
+    These become (pseudo-query, passage) training pairs for a corpus without labelled queries."""
+    from lmforge.infer.generate import generate
+
+    out = []
+    it = passages
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(passages, desc="doc2query", unit="passage")
+    for p in it:
+        msg = [{"role": "user", "content": DOC2QUERY_PROMPT.format(passage=p[:max_chars])}]
+        text = generate(chat_model, msg, max_tokens=max_tokens, stop=["\n"])
+        out.append(text.strip().strip('"').strip())
+    return out

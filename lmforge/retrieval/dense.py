@@ -203,8 +203,8 @@ class DenseIndex:
             ann = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
             sample = (
                 x
-                if len(x) <= 256 * nlist
-                else x[np.random.default_rng(0).choice(len(x), 256 * nlist, replace=False)]
+                if len(x) <= 64 * nlist
+                else x[np.random.default_rng(0).choice(len(x), 64 * nlist, replace=False)]
             )
             ann.train(sample)
         else:
