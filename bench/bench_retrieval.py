@@ -9,7 +9,8 @@ is scored on the test queries; the untrained methods also on all 225 (their anch
 - dense: all-MiniLM-L6-v2 (our BERT), exact cosine top-k
 - hybrid-rrf / hybrid-score: the two fused over their top 100 (RRF k=60; min-max score fusion, w=0.5)
 - +ce: hybrid-score's top 30 reranked by a cross-encoder trained here from MiniLM's weights (listwise:
-  each train query's relevant passage (grade >= 2) against 7 BM25-mined non-relevant ones), its score
+  each train query's 3 best-graded relevant passages (grade >= 2), each against 7 BM25-mined non-relevant
+  ones; 192 tokens per pair), its score
   fused with the first stage's by RRF
 - +llm: hybrid-score's top 20 reranked by SmolLM2-135M-Instruct's log p(yes) − log p(no)
 - tuned dense: MiniLM fine-tuned with InfoNCE (in-batch + one BM25 hard negative per pair) on the train
@@ -49,6 +50,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--ce-epochs", type=int, default=1)
+    ap.add_argument("--ce-per-query", type=int, default=3, help="training groups per train query (its best-graded)")
+    ap.add_argument("--ce-max-length", type=int, default=192, help="cross-encoder tokens per (query, passage)")
     ap.add_argument("--skip-llm", action="store_true")
     ap.add_argument(
         "--pseudo", type=int, default=0, help="also tune on pseudo-queries for this many passages"
@@ -91,12 +94,13 @@ def main() -> None:
     test_runs = {name: {q: run[q] for q in test_q} for name, run in full.items()}
 
     # cross-encoder, trained on the train queries
-    ce = CrossEncoder.from_folder(enc.source_dir, max_length=256)
+    ce = CrossEncoder.from_folder(enc.source_dir, max_length=args.ce_max_length)
     groups = []
     rnd = np.random.default_rng(0)
     for qid, q in train_q.items():
         negs = [d for d, _ in bm.search(q, 40) if c.qrels[qid].get(d, 0) <= 0]
-        for d, g in c.qrels[qid].items():
+        best = sorted(c.qrels[qid].items(), key=lambda x: -x[1])[: args.ce_per_query]
+        for d, g in best:
             if g >= 2 and d in c.docs and negs:
                 pick = rnd.choice(len(negs), size=min(7, len(negs)), replace=False)
                 groups.append((q, c.docs[d], [c.docs[negs[i]] for i in pick]))

@@ -347,6 +347,32 @@ def cmd_index(args: argparse.Namespace) -> None:
     print(f"{args.index}: {len(index.docs)} documents ({time.perf_counter() - t0:.1f} s)")
 
 
+def cmd_index_map(args: argparse.Namespace) -> None:
+    from lmforge.retrieval.cluster import MinHashLSH, corpus_map, embedding_duplicates, kmeans, silhouette
+    from lmforge.retrieval.search import SearchIndex
+
+    index = SearchIndex.load(args.index)
+    if index.dense is None:
+        raise ValueError(f"{args.index} has no dense vectors (built with --embedder none)")
+    ids = index.dense.ids
+    vecs = index.dense.vectors
+    if args.k:
+        labels, _ = kmeans(vecs, args.k)
+        print(f"k-means, k={args.k}: silhouette {silhouette(vecs, labels):.3f}")
+        for j in range(args.k):
+            members = [ids[i] for i in range(len(ids)) if labels[i] == j]
+            print(f"  cluster {j}: {len(members)} documents, e.g. {', '.join(members[:3])}")
+    else:
+        labels = None
+    if args.png:
+        print(f"map: {corpus_map(vecs, args.png, labels)}")
+    texts = [index.docs[i]["text"] for i in ids]
+    for a, b, sim in MinHashLSH().duplicates(texts, ids, args.jaccard):
+        print(f"near-duplicate text (Jaccard {sim:.2f}): {a}  {b}")
+    for a, b, sim in embedding_duplicates(vecs, ids, args.cosine):
+        print(f"near-duplicate meaning (cosine {sim:.3f}): {a}  {b}")
+
+
 def cmd_search(args: argparse.Namespace) -> None:
     from lmforge.retrieval.search import SearchIndex
 
@@ -660,6 +686,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
             a.add_argument("--stemmer", default="english", help="a Snowball language, or none")
         a.set_defaults(func=cmd_index)
+
+    mp = isub.add_parser("map", help="k-means clusters, a 2-D PCA map (PNG) and near-duplicates of an index")
+    mp.add_argument("index")
+    mp.add_argument("--k", type=int, default=0, help="clusters (0: none)")
+    mp.add_argument("--png", help="write the 2-D map here")
+    mp.add_argument("--jaccard", type=float, default=0.8, help="MinHash near-duplicate threshold")
+    mp.add_argument("--cosine", type=float, default=0.97, help="embedding near-duplicate threshold")
+    mp.set_defaults(func=cmd_index_map)
 
     se = sub.add_parser("search", help="search an index: bm25, dense or hybrid, optionally reranked")
     se.add_argument("index")

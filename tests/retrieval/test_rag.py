@@ -123,6 +123,10 @@ def test_cli_index_search_rag_and_eval(tmp_path, capsys):
     main(["index", "delete", idx, "photo"])
     with pytest.raises(SystemExit, match="no document with id 'photo'"):
         main(["index", "delete", idx, "photo"])
+    main(["index", "map", idx, "--k", "2", "--png", str(tmp_path / "map.png"), "--cosine", "0.1"])
+    out = capsys.readouterr().out
+    assert "silhouette" in out and (tmp_path / "map.png").is_file()
+    assert "near-duplicate meaning" in out  # at cosine 0.1 the two remaining documents count as one topic
     main(["search", idx, "the of", "--mode", "bm25"])
     assert "no document matches" in capsys.readouterr().out
     (tmp_path / "qrels").write_text("1 0 a 1\n2 0 b 2\n")
