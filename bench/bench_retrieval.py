@@ -50,9 +50,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--ce-epochs", type=int, default=1)
-    ap.add_argument("--ce-per-query", type=int, default=3, help="training groups per train query (its best-graded)")
-    ap.add_argument("--ce-max-length", type=int, default=192, help="cross-encoder tokens per (query, passage)")
+    ap.add_argument(
+        "--ce-per-query", type=int, default=3, help="training groups per train query (its best-graded)"
+    )
+    ap.add_argument(
+        "--ce-max-length", type=int, default=192, help="cross-encoder tokens per (query, passage)"
+    )
     ap.add_argument("--skip-llm", action="store_true")
+    ap.add_argument("--skip-tune", action="store_true", help="no contrastive tuning rows")
     ap.add_argument(
         "--pseudo", type=int, default=0, help="also tune on pseudo-queries for this many passages"
     )
@@ -105,7 +110,7 @@ def main() -> None:
                 pick = rnd.choice(len(negs), size=min(7, len(negs)), replace=False)
                 groups.append((q, c.docs[d], [c.docs[negs[i]] for i in pick]))
     tc = time.perf_counter()
-    train_cross_encoder(ce, groups, epochs=args.ce_epochs, groups_per_step=4, lr=3e-5)
+    train_cross_encoder(ce, groups, epochs=args.ce_epochs, groups_per_step=4)
     ce_train_s = time.perf_counter() - tc
     ce_run = {}
     for q in test_q:
@@ -122,15 +127,18 @@ def main() -> None:
         table["hybrid-score+llm"] = {"test_pq": score(llm_run, list(test_q))}
 
     # contrastive tuning on the train queries
-    ex = C.mine_hard_negatives(C.pairs_from_qrels(train_q, c.docs, c.qrels, min_grade=2), bm, c.docs, c.qrels)
-    tuned = load_model("all-minilm-l6-v2")
-    tt = time.perf_counter()
-    C.train_embedder(tuned, ex, epochs=args.epochs, batch_size=32, lr=2e-5, related=related)
-    tune_s = time.perf_counter() - tt
-    tuned_index = DenseIndex(D.shape[1]).add(tuned.encode(texts, progress=True).numpy(), ids)
-    tuned_runs = first_stage(test_q, tuned_index, tuned)
-    table["tuned dense"] = {"test_pq": score(tuned_runs["dense"], list(test_q))}
-    table["tuned hybrid-score"] = {"test_pq": score(tuned_runs["hybrid-score"], list(test_q))}
+    ex, tune_s = [], 0.0
+    if not args.skip_tune:
+        ex = C.pairs_from_qrels(train_q, c.docs, c.qrels, min_grade=2)
+        ex = C.mine_hard_negatives(ex, bm, c.docs, c.qrels)
+        tuned = load_model("all-minilm-l6-v2")
+        tt = time.perf_counter()
+        C.train_embedder(tuned, ex, epochs=args.epochs, batch_size=32, lr=2e-5, related=related)
+        tune_s = time.perf_counter() - tt
+        tuned_index = DenseIndex(D.shape[1]).add(tuned.encode(texts, progress=True).numpy(), ids)
+        tuned_runs = first_stage(test_q, tuned_index, tuned)
+        table["tuned dense"] = {"test_pq": score(tuned_runs["dense"], list(test_q))}
+        table["tuned hybrid-score"] = {"test_pq": score(tuned_runs["hybrid-score"], list(test_q))}
 
     if args.pseudo:
         chat = load_model("smollm2-135m-instruct")

@@ -148,6 +148,7 @@ def train_embedder(
 
     AdamW with 10% linear warm-up then linear decay, gradients clipped at 1.0, as sentence-transformers."""
     from lmforge.train.optim import AdamW, clip_grad_norm_, param_groups
+    from lmforge.train.schedules import set_lr, warmup_stable_decay
 
     if loss not in ("infonce", "triplet"):
         raise ValueError(f"unknown contrastive loss {loss!r}; choose infonce or triplet")
@@ -169,9 +170,7 @@ def train_embedder(
     step = 0
     for ep_batches in plan:
         for b in ep_batches:
-            cur = lr * min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
-            for g in opt.param_groups:
-                g["lr"] = cur
+            set_lr(opt, warmup_stable_decay(step, lr, 0.0, warm, total, decay_fraction=1.0))
             q = encoder.embed_texts([e.query for e in b])  # (B, D) unit vectors
             p = encoder.embed_texts([e.positive for e in b])
             negs = [e.negative for e in b if e.negative is not None]

@@ -114,26 +114,34 @@ def train_cross_encoder(
     groups: Sequence[tuple[str, str, list[str]]],
     epochs: int = 1,
     groups_per_step: int = 4,
-    lr: float = 3e-5,
+    lr: float = 5e-5,
+    head_lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
     """Listwise training: each group (query, relevant passage, [non-relevant passages]) is a softmax
-    over its passages with the relevant one as the label. AdamW, warm-up then linear decay, clip 1.0."""
+    over its passages with the relevant one as the label. AdamW, 10% warm-up then linear decay, clip 1.0.
+
+    The pooler and classifier start untrained, and a few hundred steps at BERT's fine-tuning rate barely
+    move them (the loss stays at log n), so they get their own, larger rate ``head_lr``."""
     from lmforge.train.optim import AdamW, clip_grad_norm_, param_groups
+    from lmforge.train.schedules import set_lr, warmup_stable_decay
 
     groups = [g for g in groups if g[2]]
     if not groups:
         raise ValueError("no training group has a negative passage")
     rnd = random.Random(seed)
-    steps = [
-        groups[i : i + groups_per_step]
-        for ep in range(epochs)
-        for i in range(0, len(groups), groups_per_step)
-        for _ in [rnd.shuffle(groups) if i == 0 else None]
-    ]
+    steps = []
+    for _ in range(epochs):
+        order = list(groups)
+        rnd.shuffle(order)
+        steps += [order[i : i + groups_per_step] for i in range(0, len(order), groups_per_step)]
     total, warm = len(steps), max(1, len(steps) // 10)
-    opt = AdamW(param_groups(model, 0.01), lr=lr)
+    head = [*model.pooler.parameters(), *model.classifier.parameters()]
+    opt = AdamW(
+        [*param_groups(model.bert, 0.01), {"params": head, "weight_decay": 0.0, "lr_scale": head_lr / lr}],
+        lr=lr,
+    )
     model.train()
     bar = None
     if progress:
@@ -142,8 +150,7 @@ def train_cross_encoder(
         bar = tqdm(total=total, desc="cross-encoder", unit="step")
     losses = []
     for step, chunk in enumerate(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr * min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
+        set_lr(opt, warmup_stable_decay(step, lr, 0.0, warm, total, decay_fraction=1.0))
         qs, ps, sizes = [], [], []
         for q, pos, negs in chunk:
             qs += [q] * (1 + len(negs))
