@@ -42,7 +42,7 @@ class HFScorer:
     @torch.no_grad()
     def score(self, groups: list[Group], progress=None) -> list[list[Scored]]:
         reqs = [
-            (g, k, g.context + c) for g, grp in enumerate(groups) for k, c in enumerate(grp.continuations)
+            (g, k, grp.context + c) for g, grp in enumerate(groups) for k, c in enumerate(grp.continuations)
         ]
         order = sorted(range(len(reqs)), key=lambda i: -len(reqs[i][2]))
         out: list[list[Scored | None]] = [[None] * len(g.continuations) for g in groups]
