@@ -9,6 +9,10 @@ compares " yes" and " no"):
 - RAG: the top --k hybrid passages as numbered sources, then the question;
 - oracle: the question's own passage.
 
+Then the first --generate questions go through the RAG pipeline in free text (hybrid top-k, grounded prompt
+with numbered sources, generation): the share of answers that cite a source, and groundedness (the share
+of answer sentences a cited passage supports, by lexical overlap and as judged by the model itself).
+
 Also reported: Recall@k of the gold passage for BM25, dense and hybrid, and the majority-class baseline
 (62.2% "yes"). Standard errors are binomial.
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +37,7 @@ from lmforge import load_model, load_tokenizer  # noqa: E402
 from lmforge.retrieval.bm25 import BM25  # noqa: E402
 from lmforge.retrieval.dense import DenseIndex  # noqa: E402
 from lmforge.retrieval.fusion import rrf  # noqa: E402
+from lmforge.retrieval.rag import RAG  # noqa: E402
 from lmforge.retrieval.rerank import LLMReranker  # noqa: E402
 
 CLOSED = "Question: {q}?\nAnswer the question with yes or no."
@@ -57,6 +63,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=1000, help="questions to answer (0: all)")
     ap.add_argument("-k", type=int, default=2, help="retrieved passages in the RAG prompt")
+    ap.add_argument(
+        "--generate", type=int, default=40, help="questions answered in free text, for groundedness"
+    )
     ap.add_argument("--out", default="bench/out/rag.json")
     args = ap.parse_args()
     print(load_line("start"))
@@ -100,6 +109,27 @@ def main() -> None:
             said_yes[name] += yes
             correct[name] += yes == r["yes"]
     answer_s = time.perf_counter() - t1
+
+    # Free-text answers through the RAG pipeline: citations and groundedness (lexical and model-judged).
+    chat = judge.model
+    ground = {"lexical": [], "model": []}
+    cites = refused = 0
+    gen = qs[: args.generate]
+
+    def retrieve(q: str, k: int) -> list:
+        return rrf([bm.search(q, 10), dense.search(enc.encode([q]).numpy(), 10)[0]], top=k)
+
+    rag = RAG(retrieve, dict(zip(ids, passages)), chat, k=args.k, max_tokens=96)
+    example = None
+    for r in tqdm(gen, desc="rag answers", unit="q"):
+        ans = rag.answer(r["question"] + "?")
+        refused += ans.refused
+        cites += bool(ans.cited)
+        g = rag.groundedness(ans, judge=judge)
+        for key in ground:
+            if key in g:
+                ground[key].append(g[key])
+        example = example or ans
     n = len(qs)
     majority = sum(r["yes"] for r in qs) / n
     table = []
@@ -123,6 +153,23 @@ def main() -> None:
             [[name] + [f"{100 * v:.1f}" for v in r.values()] for name, r in recall.items()],
         )
     )
+    if gen:
+        print(f"\nFree-text RAG answers to the first {len(gen)} questions (max 96 tokens):\n")
+        print(
+            md_table(
+                ["groundedness (lexical)", "groundedness (model)", "answers citing a source %", "refused %"],
+                [
+                    [
+                        f"{statistics.fmean(ground['lexical']):.3f}" if ground["lexical"] else "",
+                        f"{statistics.fmean(ground['model']):.3f}" if ground["model"] else "",
+                        f"{100 * cites / len(gen):.1f}",
+                        f"{100 * refused / len(gen):.1f}",
+                    ]
+                ],
+            )
+        )
+        if example is not None:
+            print(f"\nexample: {example.question!r} -> {example.text!r} (cited {example.cited})")
     print(f"\nindexing {len(passages)} passages: {index_s:.0f} s; answering: {answer_s:.0f} s")
     print(load_line("end"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +181,8 @@ def main() -> None:
                 "accuracy": {k: v / n for k, v in correct.items()},
                 "majority": majority,
                 "recall": recall,
+                "groundedness": {k: statistics.fmean(v) if v else None for k, v in ground.items()},
+                "cited": cites / max(len(gen), 1),
             },
             indent=2,
         )

@@ -46,6 +46,15 @@ from lmforge.retrieval.fusion import rrf, score_fusion  # noqa: E402
 from lmforge.retrieval.rerank import CrossEncoder, LLMReranker, train_cross_encoder  # noqa: E402
 
 
+def progress(table: dict, name: str) -> None:
+    """Print one row as soon as it is scored, so a long run shows its results as it goes."""
+    m = metrics.mean(table[name]["test_pq"])
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {name}: nDCG@10 {m['ndcg@10']:.4f} R@100 {m['recall@100']:.4f}",
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=1)
@@ -97,6 +106,8 @@ def main() -> None:
     for name, run in full.items():
         table[name] = {"all": metrics.mean(score(run, list(c.queries))), "test_pq": score(run, list(test_q))}
     test_runs = {name: {q: run[q] for q in test_q} for name, run in full.items()}
+    for name in full:
+        progress(table, name)
 
     # cross-encoder, trained on the train queries
     ce = CrossEncoder.from_folder(enc.source_dir, max_length=args.ce_max_length)
@@ -117,6 +128,7 @@ def main() -> None:
         first = test_runs["hybrid-score"][q][:30]
         ce_run[q] = rrf([first, ce.rerank(test_q[q], first, c.docs)], top=30) + first[30:]
     table["hybrid-score+ce"] = {"test_pq": score(ce_run, list(test_q))}
+    progress(table, "hybrid-score+ce")
 
     if not args.skip_llm:
         llm = LLMReranker(load_model("smollm2-135m-instruct"), load_tokenizer("smollm2-135m-instruct"))
@@ -125,6 +137,7 @@ def main() -> None:
             first = test_runs["hybrid-score"][q][:20]
             llm_run[q] = llm.rerank(test_q[q], first, c.docs) + test_runs["hybrid-score"][q][20:]
         table["hybrid-score+llm"] = {"test_pq": score(llm_run, list(test_q))}
+        progress(table, "hybrid-score+llm")
 
     # contrastive tuning on the train queries
     ex, tune_s = [], 0.0
@@ -139,6 +152,7 @@ def main() -> None:
         tuned_runs = first_stage(test_q, tuned_index, tuned)
         table["tuned dense"] = {"test_pq": score(tuned_runs["dense"], list(test_q))}
         table["tuned hybrid-score"] = {"test_pq": score(tuned_runs["hybrid-score"], list(test_q))}
+        progress(table, "tuned dense")
 
     if args.pseudo:
         chat = load_model("smollm2-135m-instruct")

@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from lmforge.retrieval.analysis import Analyzer
+from lmforge.retrieval.docids import check_new_ids, positions, rows_without
 from lmforge.retrieval.ranking import topk_rows
 from lmforge.retrieval.store import load_folder, save_folder
 
@@ -118,11 +119,7 @@ class BM25:
         ids = [str(len(self.ids) + i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
         if len(ids) != len(texts):
             raise ValueError(f"{len(texts)} documents but {len(ids)} ids")
-        seen = set(self._pos)
-        for i in ids:
-            if i in seen:
-                raise ValueError(f"duplicate document id {i!r}")
-            seen.add(i)
+        check_new_ids(self._pos, ids)
         rows, cols, counts, lens = [], [], [], []
         vocab = self.vocab
         for r, text in enumerate(texts):
@@ -155,16 +152,11 @@ class BM25:
 
     def delete(self, ids: Iterable[str]) -> BM25:
         """Remove documents by id (an unknown id is an error); the weights are recomputed from counts."""
-        drop = set()
-        for i in ids:
-            if str(i) not in self._pos:
-                raise KeyError(f"no document with id {i!r} in the index")
-            drop.add(self._pos[str(i)])
-        keep = np.array([r for r in range(len(self.ids)) if r not in drop], dtype=np.int64)
+        keep = rows_without(self._pos, len(self.ids), ids)
         self.tf = self.tf[keep]
         self.doc_len = self.doc_len[keep]
         self.ids = [self.ids[r] for r in keep]
-        self._pos = {d: r for r, d in enumerate(self.ids)}
+        self._pos = positions(self.ids)
         self._reweight()
         return self
 
@@ -273,7 +265,7 @@ class BM25:
             self.vocab = {t: j for j, t in enumerate(meta["vocab"])}
             self.ids = list(meta["ids"])
             n, v = len(self.ids), len(self.vocab)
-            self._pos = {d: r for r, d in enumerate(self.ids)}
+            self._pos = positions(self.ids)
             self.weights = sp.csr_matrix(
                 (a["weights_data"], a["weights_indices"], a["weights_indptr"]), shape=(v, n)
             )

@@ -12,7 +12,7 @@ SMART format: records start with ``.I n`` and fields with ``.T`` (title), ``.A``
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,18 +54,22 @@ def _smart_records(path: Path) -> list[dict[str, str]]:
     return records
 
 
-def read_qrels(path: str | os.PathLike) -> Qrels:
-    """TREC qrels: ``qid iter docid grade`` lines; a malformed line is an error with its number."""
+def _lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number, line) for the non-blank lines of a TREC-style file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    qrels: Qrels = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
+        if line.strip():
+            yield n, line
+
+
+def read_qrels(path: str | os.PathLike) -> Qrels:
+    """TREC qrels: ``qid iter docid grade`` lines; a malformed line is an error with its number."""
+    qrels: Qrels = {}
+    for n, line in _lines(path):
         try:
-            qid, _, doc, grade = parts
+            qid, _, doc, grade = line.split()
             qrels.setdefault(qid, {})[doc] = int(grade)
         except ValueError:
             raise ValueError(f"{path}:{n}: expected 'qid 0 docid grade', got {line!r}") from None
@@ -74,16 +78,10 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
 
 def read_run(path: str | os.PathLike) -> Run:
     """A TREC run file: ``qid Q0 docid rank score tag`` lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
     run: Run = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
+    for n, line in _lines(path):
         try:
-            qid, _, doc, _, score = parts[:5]
+            qid, _, doc, _, score = line.split()[:5]
             run.setdefault(qid, {})[doc] = float(score)
         except ValueError:
             raise ValueError(f"{path}:{n}: expected 'qid Q0 docid rank score tag', got {line!r}") from None

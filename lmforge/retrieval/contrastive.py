@@ -23,7 +23,6 @@ chat model writes for each passage (doc2query, Nogueira et al., 2019).
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -147,8 +146,9 @@ def train_embedder(
     """Fine-tune a BertEncoder in place with InfoNCE (or triplet) loss; returns the loss of every step.
 
     AdamW with 10% linear warm-up then linear decay, gradients clipped at 1.0, as sentence-transformers."""
-    from lmforge.train.optim import AdamW, clip_grad_norm_, param_groups
+    from lmforge.train.optim import AdamW, param_groups
     from lmforge.train.schedules import set_lr, warmup_stable_decay
+    from lmforge.train.steps import LossBar, optimizer_step
 
     if loss not in ("infonce", "triplet"):
         raise ValueError(f"unknown contrastive loss {loss!r}; choose infonce or triplet")
@@ -162,11 +162,7 @@ def train_embedder(
     opt = AdamW(param_groups(encoder, 0.01), lr=lr)
     encoder.train()
     losses: list[float] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="contrastive", unit="step")
+    bar = LossBar(total, "contrastive", progress)
     step = 0
     for ep_batches in plan:
         for b in ep_batches:
@@ -179,21 +175,10 @@ def train_embedder(
                 value = info_nce(q, p, n, temperature)
             else:
                 value = triplet(q, p, n, margin)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            clip_grad_norm_([x for x in encoder.parameters() if x.grad is not None], 1.0)
-            opt.step()
-            losses.append(value.item())
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(
-                    f"contrastive loss is {losses[-1]} at step {step}: lower the learning rate"
-                )
+            losses.append(optimizer_step(opt, value, encoder.parameters(), 1.0, "contrastive loss", step))
             step += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if bar is not None:
-        bar.close()
+            bar.update(losses[-1])
+    bar.close()
     encoder.eval()
     return losses
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lmforge.retrieval.docids import check_new_ids, positions, rows_without
 from lmforge.retrieval.ranking import topk_rows
 from lmforge.retrieval.store import load_folder, save_folder
 
@@ -125,11 +126,7 @@ class DenseIndex:
             raise ValueError(f"{len(v)} vectors but {len(ids)} ids")
         if metadata is not None and len(metadata) != len(v):
             raise ValueError(f"{len(v)} vectors but {len(metadata)} metadata records")
-        seen = set(self._pos)
-        for i in ids:
-            if i in seen:
-                raise ValueError(f"duplicate document id {i!r}")
-            seen.add(i)
+        check_new_ids(self._pos, ids)
         for i in ids:
             self._pos[i] = len(self.ids)
             self.ids.append(i)
@@ -141,16 +138,11 @@ class DenseIndex:
 
     def delete(self, ids: Sequence[str]) -> DenseIndex:
         """Remove documents by id; an approximate index is rebuilt on the next search (HNSW cannot unlink)."""
-        drop = set()
-        for i in ids:
-            if str(i) not in self._pos:
-                raise KeyError(f"no document with id {i!r} in the index")
-            drop.add(self._pos[str(i)])
-        keep = np.array([r for r in range(len(self.ids)) if r not in drop], dtype=np.int64)
+        keep = rows_without(self._pos, len(self.ids), ids)
         self.vectors = self.vectors[keep]
         self.ids = [self.ids[r] for r in keep]
         self.meta = [self.meta[r] for r in keep]
-        self._pos = {d: r for r, d in enumerate(self.ids)}
+        self._pos = positions(self.ids)
         self._ann, self._ann_rows = None, 0
         return self
 
@@ -267,7 +259,7 @@ class DenseIndex:
             raise ValueError(f"{path} is not a consistent dense index: {e}") from None
         if self.vectors.shape != (len(self.ids), self.dim) or len(self.meta) != len(self.ids):
             raise ValueError(f"{path} is not a consistent dense index: vectors.npy disagrees with meta.json")
-        self._pos = {d: r for r, d in enumerate(self.ids)}
+        self._pos = positions(self.ids)
         if meta.get("ann"):
             f = Path(path) / "ann.faiss"
             try:

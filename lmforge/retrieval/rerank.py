@@ -17,10 +17,9 @@ to run over a whole corpus — hence retrieve (BM25 / dense / hybrid, top 30-100
 
 from __future__ import annotations
 
-import math
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,21 @@ from torch import nn
 from lmforge.model.bert import BertEncoder, load_bert_folder, save_bert_folder
 
 Hits = list[tuple[str, float]]
+
+
+def rerank_hits(
+    score: Callable[[str, list[str]], np.ndarray],
+    query: str,
+    hits: Hits,
+    docs: Mapping[str, str],
+    top: int | None,
+) -> Hits:
+    """Reorder a first stage's ``hits`` by ``score(query, passages)``, best first; both rerankers use it."""
+    if not hits:
+        return []
+    scores = score(query, [docs[d] for d, _ in hits])
+    out = sorted(zip((d for d, _ in hits), np.asarray(scores).tolist()), key=lambda x: -x[1])
+    return out[:top] if top else out
 
 
 class CrossEncoder(nn.Module):
@@ -86,11 +100,7 @@ class CrossEncoder(nn.Module):
 
     def rerank(self, query: str, hits: Hits, docs: Mapping[str, str], top: int | None = None) -> Hits:
         """Reorder ``hits`` (the first stage's top k) by cross-encoder score."""
-        if not hits:
-            return []
-        scores = self.score(query, [docs[d] for d, _ in hits])
-        out = sorted(zip((d for d, _ in hits), scores.tolist()), key=lambda x: -x[1])
-        return out[:top] if top else out
+        return rerank_hits(self.score, query, hits, docs, top)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """A BertForSequenceClassification folder (num_labels 1): transformers and sentence-transformers load it."""
@@ -124,8 +134,9 @@ def train_cross_encoder(
 
     The pooler and classifier start untrained, and a few hundred steps at BERT's fine-tuning rate barely
     move them (the loss stays at log n), so they get their own, larger rate ``head_lr``."""
-    from lmforge.train.optim import AdamW, clip_grad_norm_, param_groups
+    from lmforge.train.optim import AdamW, param_groups
     from lmforge.train.schedules import set_lr, warmup_stable_decay
+    from lmforge.train.steps import LossBar, optimizer_step
 
     groups = [g for g in groups if g[2]]
     if not groups:
@@ -143,11 +154,7 @@ def train_cross_encoder(
         lr=lr,
     )
     model.train()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="cross-encoder", unit="step")
+    bar = LossBar(total, "cross-encoder", progress)
     losses = []
     for step, chunk in enumerate(steps):
         set_lr(opt, warmup_stable_decay(step, lr, 0.0, warm, total, decay_fraction=1.0))
@@ -160,20 +167,9 @@ def train_cross_encoder(
         loss = torch.stack(
             [F.cross_entropy(x[None], torch.zeros(1, dtype=torch.long)) for x in logits]
         ).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(
-                f"cross-encoder loss is {losses[-1]} at step {step}: lower the learning rate"
-            )
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if bar is not None:
-        bar.close()
+        losses.append(optimizer_step(opt, loss, model.parameters(), 1.0, "cross-encoder loss", step))
+        bar.update(losses[-1])
+    bar.close()
     model.eval()
     return losses
 
@@ -226,8 +222,4 @@ class LLMReranker:
         return self.judge(self.ids(text))
 
     def rerank(self, query: str, hits: Hits, docs: Mapping[str, str], top: int | None = None) -> Hits:
-        if not hits:
-            return []
-        scores = self.score(query, [docs[d] for d, _ in hits])
-        out = sorted(zip((d for d, _ in hits), scores.tolist()), key=lambda x: -x[1])
-        return out[:top] if top else out
+        return rerank_hits(self.score, query, hits, docs, top)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from lmforge.retrieval.bm25 import BM25
 from lmforge.retrieval.dense import DenseIndex, metadata_mask
+from lmforge.retrieval.docids import check_new_ids
 from lmforge.retrieval.fusion import rrf, score_fusion
 from lmforge.retrieval.rag import chunk_paragraphs, chunk_tokens
+from lmforge.retrieval.store import atomic_folder
 
 FORMAT, VERSION = "lmforge-search", 1
 MODES = ("bm25", "dense", "hybrid")
@@ -96,11 +96,7 @@ class SearchIndex:
 
     def add(self, docs: Sequence[dict[str, Any]], batch_size: int = 32, progress: bool = True) -> SearchIndex:
         ids = [d["id"] for d in docs]
-        dup = next((i for i in ids if i in self.docs), None) or next(
-            (i for n, i in enumerate(ids) if i in ids[:n]), None
-        )
-        if dup is not None:
-            raise ValueError(f"duplicate document id {dup!r}")
+        check_new_ids(self.docs, ids)
         texts = [d["text"] for d in docs]
         self.bm25.add(texts, ids)
         if self.embedder_name:
@@ -153,10 +149,7 @@ class SearchIndex:
 
     # ---- persistence: one folder, replaced in one rename ----
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        try:
+        with atomic_folder(path) as tmp:
             self.bm25.save(tmp / "bm25")
             if self.dense is not None:
                 self.dense.save(tmp / "dense")
@@ -167,17 +160,7 @@ class SearchIndex:
                 "docs": [{"id": i, **d} for i, d in self.docs.items()],
             }
             (tmp / "index.json").write_text(json.dumps(body), encoding="utf-8")
-            if path.exists():
-                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
-                os.replace(path, old / "index")
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SearchIndex:
