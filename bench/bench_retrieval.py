@@ -10,9 +10,10 @@ is scored on the test queries; the untrained methods also on all 225 (their anch
 - hybrid-rrf / hybrid-score: the two fused over their top 100 (RRF k=60; min-max score fusion, w=0.5)
 - +ce: hybrid-score's top 30 reranked by a cross-encoder trained here from MiniLM's weights (listwise:
   each train query's 3 best-graded relevant passages (grade >= 2), each against 7 BM25-mined non-relevant
-  ones; 192 tokens per pair), its score
-  fused with the first stage's by RRF
+  ones; 192 tokens per pair)
 - +llm: hybrid-score's top 20 reranked by SmolLM2-135M-Instruct's log p(yes) − log p(no)
+  Each reranker gives two rows: its order alone, and its score min-max fused with the first stage's, the
+  weight picked from 0, 0.1, …, 1 on the train queries (so the test queries never choose it)
 - tuned dense: MiniLM fine-tuned with InfoNCE (in-batch + one BM25 hard negative per pair) on the train
   queries' relevant passages; and (--pseudo N) on pseudo-queries SmolLM2 writes for N passages
 
@@ -66,6 +67,7 @@ def main() -> None:
         "--ce-max-length", type=int, default=192, help="cross-encoder tokens per (query, passage)"
     )
     ap.add_argument("--skip-llm", action="store_true")
+    ap.add_argument("--skip-rerank", action="store_true", help="no cross-encoder or LLM reranking rows")
     ap.add_argument("--skip-tune", action="store_true", help="no contrastive tuning rows")
     ap.add_argument(
         "--pseudo", type=int, default=0, help="also tune on pseudo-queries for this many passages"
@@ -105,39 +107,49 @@ def main() -> None:
     full = first_stage(c.queries, dense, enc)
     for name, run in full.items():
         table[name] = {"all": metrics.mean(score(run, list(c.queries))), "test_pq": score(run, list(test_q))}
-    test_runs = {name: {q: run[q] for q in test_q} for name, run in full.items()}
     for name in full:
         progress(table, name)
 
     # cross-encoder, trained on the train queries
-    ce = CrossEncoder.from_folder(enc.source_dir, max_length=args.ce_max_length)
-    groups = []
+    groups, ce_train_s, weights = [], 0.0, {}
     rnd = np.random.default_rng(0)
-    for qid, q in train_q.items():
+    for qid, q in [] if args.skip_rerank else train_q.items():
         negs = [d for d, _ in bm.search(q, 40) if c.qrels[qid].get(d, 0) <= 0]
         best = sorted(c.qrels[qid].items(), key=lambda x: -x[1])[: args.ce_per_query]
         for d, g in best:
             if g >= 2 and d in c.docs and negs:
                 pick = rnd.choice(len(negs), size=min(7, len(negs)), replace=False)
                 groups.append((q, c.docs[d], [c.docs[negs[i]] for i in pick]))
-    tc = time.perf_counter()
-    train_cross_encoder(ce, groups, epochs=args.ce_epochs, groups_per_step=4)
-    ce_train_s = time.perf_counter() - tc
-    ce_run = {}
-    for q in test_q:
-        first = test_runs["hybrid-score"][q][:30]
-        ce_run[q] = rrf([first, ce.rerank(test_q[q], first, c.docs)], top=30) + first[30:]
-    table["hybrid-score+ce"] = {"test_pq": score(ce_run, list(test_q))}
-    progress(table, "hybrid-score+ce")
 
-    if not args.skip_llm:
+    def reranked_rows(name: str, reranker, depth: int) -> None:
+        """Two rows: the reranker's order alone, and its score fused with the first stage's (min-max,
+        weight chosen on the train queries). Below the reranked depth the first stage's order stays."""
+        first = full["hybrid-score"]
+        rr = {q: reranker.rerank(c.queries[q], first[q][:depth], c.docs) for q in c.queries}
+
+        def fused(w: float, qids) -> dict[str, list]:
+            return {q: score_fusion(first[q][:depth], rr[q], w) + first[q][depth:] for q in qids}
+
+        grid = [i / 10 for i in range(11)]
+        w = max(grid, key=lambda w: metrics.mean(score(fused(w, train_q), list(train_q)))["ndcg@10"])
+        weights[name] = w
+        table[f"hybrid-score+{name} (alone)"] = {
+            "test_pq": score({q: rr[q] + first[q][depth:] for q in test_q}, list(test_q))
+        }
+        table[f"hybrid-score+{name} (fused, w={w:.1f})"] = {"test_pq": score(fused(w, test_q), list(test_q))}
+        progress(table, f"hybrid-score+{name} (alone)")
+        progress(table, f"hybrid-score+{name} (fused, w={w:.1f})")
+
+    if not args.skip_rerank:
+        ce = CrossEncoder.from_folder(enc.source_dir, max_length=args.ce_max_length)
+        tc = time.perf_counter()
+        train_cross_encoder(ce, groups, epochs=args.ce_epochs, groups_per_step=4)
+        ce_train_s = time.perf_counter() - tc
+        reranked_rows("ce", ce, 30)
+
+    if not args.skip_llm and not args.skip_rerank:
         llm = LLMReranker(load_model("smollm2-135m-instruct"), load_tokenizer("smollm2-135m-instruct"))
-        llm_run = {}
-        for q in test_q:
-            first = test_runs["hybrid-score"][q][:20]
-            llm_run[q] = llm.rerank(test_q[q], first, c.docs) + test_runs["hybrid-score"][q][20:]
-        table["hybrid-score+llm"] = {"test_pq": score(llm_run, list(test_q))}
-        progress(table, "hybrid-score+llm")
+        reranked_rows("llm", llm, 20)
 
     # contrastive tuning on the train queries
     ex, tune_s = [], 0.0
@@ -212,7 +224,7 @@ def main() -> None:
     )
     print(
         f"\ncross-encoder training {ce_train_s:.0f} s ({len(groups)} groups); embedder tuning {tune_s:.0f} s "
-        f"({len(ex)} pairs); total {time.perf_counter() - t0:.0f} s"
+        f"({len(ex)} pairs); rerank fusion weights (chosen on train queries) {weights}; total {time.perf_counter() - t0:.0f} s"
     )
     print(load_line("end"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
