@@ -25,7 +25,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,19 +183,16 @@ def row_to_messages(
     return msgs
 
 
-def read_conversations(
-    path: str | os.PathLike,
-    fmt: str = "auto",
-    replacements: Mapping[str, str] | None = None,
-    on_bad: str = "error",
-) -> list[Messages]:
-    """Every row of a chat data set as messages. ``on_bad="skip"`` drops bad rows (and says how many)."""
+def _convert_all(
+    path: str | os.PathLike, convert: Callable[[dict, str], Any], on_bad: str, what: str
+) -> list:
+    """``convert`` every row of a data file; on_bad "skip" drops (and counts) the rows it rejects."""
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
     out, bad = [], 0
     for i, row in enumerate(read_records(path)):
         try:
-            out.append(row_to_messages(row, fmt, replacements, where=f"{path}: row {i}"))
+            out.append(convert(row, f"{path}: row {i}"))
         except ValueError:
             if on_bad == "error":
                 raise
@@ -203,8 +200,20 @@ def read_conversations(
     if bad:
         print(f"{path}: skipped {bad} bad rows of {bad + len(out)}")
     if not out:
-        raise ValueError(f"{path}: no usable conversation")
+        raise ValueError(f"{path}: no usable {what}")
     return out
+
+
+def read_conversations(
+    path: str | os.PathLike,
+    fmt: str = "auto",
+    replacements: Mapping[str, str] | None = None,
+    on_bad: str = "error",
+) -> list[Messages]:
+    """Every row of a chat data set as messages. ``on_bad="skip"`` drops bad rows (and says how many)."""
+    return _convert_all(
+        path, lambda row, where: row_to_messages(row, fmt, replacements, where), on_bad, "conversation"
+    )
 
 
 def parse_hh(transcript: str, where: str = "row") -> Messages:
@@ -268,16 +277,6 @@ def read_preferences(
     path: str | os.PathLike, replacements: Mapping[str, str] | None = None, on_bad: str = "error"
 ) -> list[PreferencePair]:
     """Every row of a preference data set; ``on_bad="skip"`` drops (and counts) malformed pairs."""
-    out, bad = [], 0
-    for i, row in enumerate(read_records(path)):
-        try:
-            out.append(row_to_pair(row, replacements, where=f"{path}: row {i}"))
-        except ValueError:
-            if on_bad == "error":
-                raise
-            bad += 1
-    if bad:
-        print(f"{path}: skipped {bad} bad pairs of {bad + len(out)}")
-    if not out:
-        raise ValueError(f"{path}: no usable preference pair")
-    return out
+    return _convert_all(
+        path, lambda row, where: row_to_pair(row, replacements, where), on_bad, "preference pair"
+    )
