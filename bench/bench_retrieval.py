@@ -56,6 +56,12 @@ def progress(table: dict, name: str) -> None:
     )
 
 
+def by_rank(hits: list) -> list:
+    """Scores replaced by descending ranks, so the evaluator (which sorts by score) keeps this order: a
+    reranked head (logits, log-odds) and the first stage's tail have scores on different scales."""
+    return [(d, float(len(hits) - i)) for i, (d, _) in enumerate(hits)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=1)
@@ -128,13 +134,13 @@ def main() -> None:
         rr = {q: reranker.rerank(c.queries[q], first[q][:depth], c.docs) for q in c.queries}
 
         def fused(w: float, qids) -> dict[str, list]:
-            return {q: score_fusion(first[q][:depth], rr[q], w) + first[q][depth:] for q in qids}
+            return {q: by_rank(score_fusion(first[q][:depth], rr[q], w) + first[q][depth:]) for q in qids}
 
         grid = [i / 10 for i in range(11)]
         w = max(grid, key=lambda w: metrics.mean(score(fused(w, train_q), list(train_q)))["ndcg@10"])
         weights[name] = w
         table[f"hybrid-score+{name} (alone)"] = {
-            "test_pq": score({q: rr[q] + first[q][depth:] for q in test_q}, list(test_q))
+            "test_pq": score({q: by_rank(rr[q] + first[q][depth:]) for q in test_q}, list(test_q))
         }
         table[f"hybrid-score+{name} (fused, w={w:.1f})"] = {"test_pq": score(fused(w, test_q), list(test_q))}
         progress(table, f"hybrid-score+{name} (alone)")

@@ -101,7 +101,7 @@ def build_objective(cfg: TrainConfig, vocab: int, eos_id: int | None, tokenizer=
 
     if cfg.objective == "clm":
         model = Transformer(model_config(cfg, vocab)).init_weights()
-        return model, (_packed_batch if cfg.loader == "packed" else None)
+        return model, (packed_batch if cfg.loader == "packed" else None)
     if cfg.objective == "mlm":
         mask_id = tokenizer.token_to_id("[MASK]") if tokenizer is not None else None
         info = MaskingInfo(vocab if mask_id is None else mask_id, vocab,
@@ -148,7 +148,8 @@ def _encoder_decoder(cfg: TrainConfig, vocab: int, decoder_start: int):
     return EncoderDecoder(replace(base, position="none", causal=False, extra={**base.extra, **extra}))
 
 
-def _packed_batch(x, y, segments, positions) -> dict[str, torch.Tensor]:
+def packed_batch(x, y, segments, positions) -> dict[str, torch.Tensor]:
+    """The batch of a packed loader (pretraining or SFT): the model also gets segment and position ids."""
     return {"input_ids": x, "labels": y, "segment_ids": segments, "position_ids": positions}
 
 
