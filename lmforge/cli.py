@@ -210,6 +210,21 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         print("sample:", summary["sample"])
 
 
+def cmd_sft(args: argparse.Namespace) -> None:
+    from lmforge.train.config import FinetuneConfig, load_config, overrides_from_args
+    from lmforge.train.finetune import run_sft
+    from lmforge.train.trainer import TrainingDiverged
+
+    over = overrides_from_args(args, FinetuneConfig)
+    over["method"] = over.get("method") or args.default_method
+    cfg = load_config(args.config, over, FinetuneConfig)
+    try:
+        summary = run_sft(cfg)
+    except TrainingDiverged as e:
+        raise SystemExit(f"error: {e}") from None
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
+
+
 def cmd_speedrun(args: argparse.Namespace) -> None:
     from lmforge.train.speedrun import run_speedrun
 
@@ -606,6 +621,18 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--config", help="YAML or JSON file of TrainConfig fields; flags override it")
     add_config_arguments(pt)
     pt.set_defaults(func=cmd_pretrain)
+
+    from lmforge.train.config import FinetuneConfig
+
+    for name, method, help_ in (
+        ("sft", "full", "supervised fine-tuning of every weight on chat data (loss on assistant tokens)"),
+        ("lora", "lora", "LoRA fine-tuning on chat data; saves a PEFT adapter folder"),
+        ("qlora", "qlora", "QLoRA: LoRA on an NF4-quantized frozen base; saves a PEFT adapter folder"),
+    ):
+        ft = sub.add_parser(name, help=help_)
+        ft.add_argument("--config", help="YAML or JSON file of FinetuneConfig fields; flags override it")
+        add_config_arguments(ft, FinetuneConfig)
+        ft.set_defaults(func=cmd_sft, default_method=method)
 
     sc = sub.add_parser(
         "scaling", help="train a grid of sizes × token budgets, fit L(N, D), plot the frontier"

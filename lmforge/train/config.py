@@ -77,6 +77,65 @@ class TrainConfig:
         return asdict(self)
 
 
+METHODS = ("full", "lora", "qlora")  # fine-tuning: every weight, LoRA, LoRA on an NF4 base
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuning run (lmforge.train.finetune.run_sft): the data, the method, and the Trainer's knobs."""
+
+    # model and data
+    model: str = "smollm2-135m-instruct"  # a packaged name, a .gguf file, an HF folder or hub id
+    data: list[str] = field(default_factory=list)  # chat data files (JSON / JSONL, optionally .gz)
+    format: str = "auto"  # auto, alpaca, sharegpt, openai
+    replace: dict[str, str] = field(default_factory=dict)  # placeholder → text, e.g. {"{{name}}": "Forge"}
+    val_data: list[str] = field(default_factory=list)  # held-out files; else val_fraction of data
+    val_fraction: float = 0.1
+    mix_text: str | None = None  # a text file of pretraining text (one document per blank-line block)
+    mix_fraction: float = 0.0  # its share of the training examples, against forgetting
+    max_length: int = 512  # tokens per example (longer ones are cut)
+    pack: bool = True
+    # method
+    method: str = "lora"
+    lora_r: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    use_rslora: bool = False
+    # optimisation (the pretraining Trainer's fields)
+    epochs: float = 3.0  # sets max_steps when max_steps is 0
+    max_steps: int = 0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    device: str = "auto"
+    eval_every: int = 20
+    log_every: int = 5
+    ckpt_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    out_dir: str = "runs/sft"
+    resume: bool = True
+    seed: int = 0
+    save_merged: bool = False  # also write the merged model as an HF folder (LoRA / QLoRA)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "qlora" and self.save_merged:
+            raise ValueError("save_merged needs a full-precision base: merge the saved adapter into the "
+                             "unquantized model instead (lmforge merge)")  # fmt: skip
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 CHOICES = {
     "loader": ("random", "packed"),
     "objective": ("clm", "mlm", "span"),
@@ -88,8 +147,8 @@ CHOICES = {
 }
 
 
-def _hints() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
+def _hints(cls: type = TrainConfig) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _check(name: str, value: Any, hint: Any, where: str) -> Any:
@@ -123,21 +182,24 @@ def _check(name: str, value: Any, hint: Any, where: str) -> Any:
     return float(value) if hint is float else value
 
 
-def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
-    """A TrainConfig from a mapping; unknown fields and wrong types are errors that name the field."""
+def config_from_dict(values: dict[str, Any], where: str = "config", cls: type = TrainConfig) -> Any:
+    """A TrainConfig (or FinetuneConfig) from a mapping; unknown fields and wrong types are errors that
+    name the field."""
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping of field: value, got {type(values).__name__}")
-    hints = _hints()
+    hints = _hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ValueError(
             f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(hints)}"
         )
     checked = {k: _check(k, v, hints[k], where) for k, v in values.items()}
-    return TrainConfig(**checked)
+    return cls(**checked)
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None, overrides: dict[str, Any] | None = None, cls: type = TrainConfig
+) -> Any:
     """Defaults ← the YAML/JSON file at `path` (if any) ← overrides (already typed, e.g. from argparse)."""
     values: dict[str, Any] = {}
     if path is not None:
@@ -154,15 +216,15 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
                 values = yaml.safe_load(text) or {}
             except yaml.YAMLError as e:
                 raise ValueError(f"{path}: not valid YAML: {e}") from None
-        config_from_dict(values, str(path))  # check the file on its own, so errors name it
+        config_from_dict(values, str(path), cls)  # check the file on its own, so errors name it
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return config_from_dict(values, str(path) if path else "config")
+    return config_from_dict(values, str(path) if path else "config", cls)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --flag per TrainConfig field (default None: 'not given', so the file's value stands)."""
-    for f in fields(TrainConfig):
-        hint = _hints()[f.name]
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One --flag per field of the config dataclass (default None: 'not given', so the file's value stands)."""
+    for f in fields(cls):
+        hint = _hints(cls)[f.name]
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         helptext = f"(default {default!r})"
@@ -178,5 +240,5 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=helptext)
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+def overrides_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name, None) for f in fields(cls)}
