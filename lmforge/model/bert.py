@@ -120,7 +120,15 @@ class BertEncoder(nn.Module):
             attention_mask = None  # no padding: no mask, and SDPA can take its fastest path
         # Bidirectional (cfg.causal is False for BERT): only padded keys are hidden. A padded query
         # still attends to the real tokens; its output is garbage that pooling ignores.
-        mask = build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b)  # (B, 1, T, T)
+        if attention_mask is not None and not cfg.causal:
+            # a key-padding mask (B, 1, 1, T) that broadcasts over queries: T times smaller than the full
+            # (B, 1, T, T) one, which SDPA would otherwise read for every head
+            hide = attention_mask[:, None, None, :] == 0
+            mask = torch.zeros(hide.shape, dtype=h.dtype, device=h.device).masked_fill(
+                hide, torch.finfo(h.dtype).min
+            )
+        else:
+            mask = build_mask(attention_mask, t, cfg.causal, None, h.dtype, h.device, b)  # (B, 1, T, T)
         for layer in self.layers:
             h = layer(h, None, mask)  # no RoPE: positions were added to the embeddings
         return h  # (B, T, D); BERT has no final norm (each block already ends in one)

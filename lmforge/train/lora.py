@@ -31,6 +31,7 @@ writes rows unchanged), so lora_B needs no row permutation either.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -77,6 +78,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False  # adapters_disabled(model): the base alone (DPO's reference, for free)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -93,9 +95,9 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)  # (B, T, out)
-        if (
-            self.merged
-        ):  # the update is inside base.weight already (and A, B get no gradient: unmerge to train)
+        if self.merged and self.disabled:
+            raise RuntimeError("adapters_disabled needs unmerged adapters: unmerge_lora(model) first")
+        if self.merged or self.disabled:  # merged: the update is inside base.weight already
             return y
         a, b = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
         h = self.dropout(x) @ a.T  # (B, T, r)
@@ -245,6 +247,22 @@ def count_parameters(model: nn.Module) -> ParamCount:
 
 
 # ------------------------------------------------------------------------------------ merging
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """Run the frozen base without its adapters inside the block (PEFT's ``disable_adapter``): the
+    reference model of DPO or a KL penalty costs no second copy of the weights."""
+    layers = list(lora_layers(model).values())
+    if not layers:
+        raise ValueError("model has no LoRA layers to disable")
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.disabled = False
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

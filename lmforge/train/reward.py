@@ -1,0 +1,127 @@
+"""A Bradley–Terry reward model: a language model's backbone plus one scalar head, trained on preference pairs.
+
+InstructGPT's second stage (Ouyang et al. 2022): the SFT model with its unembedding replaced by a linear
+layer to one number, read at the last token of (prompt, response) — the position that has seen the whole
+answer. Trained on pairs with −log σ(r(x, y_w) − r(x, y_l)) (``preference.bradley_terry_loss``), it learns a
+score whose differences predict which answer people preferred. Only differences are determined (adding a
+constant changes nothing), so the scores are centred on the training pairs' mean after training, as
+TRL and OpenAI's summarisation work do, which makes a reward of 0 mean "average".
+
+Reported: accuracy (the share of held-out pairs where r_w > r_l) and the mean margin r_w − r_l.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lmforge.train.pairs import TokenizedPair, collate
+from lmforge.train.preference import bradley_terry_loss
+
+
+class RewardModel(nn.Module):
+    """backbone (a Transformer) → final norm → hidden state of the last real token → Linear(D, 1)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.score_head = nn.Linear(backbone.config.dim, 1)
+        nn.init.normal_(self.score_head.weight, std=1 / (backbone.config.dim + 1) ** 0.5)
+        nn.init.zeros_(self.score_head.bias)
+        self.register_buffer("offset", torch.zeros(()))  # subtracted after training: rewards centred on 0
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def forward(self, input_ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        h = self.backbone.norm(self.backbone.hidden_states(input_ids))  # (B, T, D)
+        h_last = h[torch.arange(len(last), device=h.device), last.to(h.device)]  # (B, D)
+        return self.score_head(h_last.to(self.score_head.weight.dtype)).squeeze(-1) - self.offset  # (B,)
+
+    @torch.no_grad()
+    def score_pairs(
+        self, pairs: Sequence[TokenizedPair], pad_id: int, batch_size: int = 8
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_chosen, r_rejected), each (N,)."""
+        was = self.training
+        self.eval()
+        rw, rl = [], []
+        dev = self.score_head.weight.device
+        for s in range(0, len(pairs), batch_size):
+            b = collate(pairs[s : s + batch_size], pad_id)
+            r = self(b["input_ids"].to(dev), b["last"])
+            n = len(r) // 2
+            rw.append(r[:n].float().cpu())
+            rl.append(r[n:].float().cpu())
+        self.train(was)
+        return torch.cat(rw), torch.cat(rl)
+
+
+def reward_metrics(rm: RewardModel, pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, float]:
+    rw, rl = rm.score_pairs(pairs, pad_id)
+    return {"accuracy": float((rw > rl).float().mean()), "margin": float((rw - rl).mean()),
+            "reward_chosen": float(rw.mean()), "reward_rejected": float(rl.mean())}  # fmt: skip
+
+
+def train_reward_model(
+    rm: RewardModel,
+    train: Sequence[TokenizedPair],
+    pad_id: int,
+    val: Sequence[TokenizedPair] = (),
+    epochs: float = 1.0,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+    head_lr: float = 1e-3,
+    eval_every: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Bradley–Terry training (AdamW, warm-up then linear decay, clipping at 1). Returns the log: per step
+    loss / accuracy, and held-out accuracy and margin every eval_every steps and at the end. Trains what
+    requires gradients in the backbone (everything, or LoRA's adapters after apply_lora) and the head
+    (at its own rate: a fresh head needs a larger one than a pretrained body, as in the cross-encoder)."""
+    from lmforge.train.optim import AdamW, param_groups
+    from lmforge.train.schedules import set_lr, warmup_stable_decay
+    from lmforge.train.steps import LossBar, optimizer_step
+
+    if not train:
+        raise ValueError("no training pairs")
+    rnd = random.Random(seed)
+    steps: list[list[TokenizedPair]] = []
+    while len(steps) < max(1, round(epochs * len(train) / batch_size)):
+        order = list(train)
+        rnd.shuffle(order)
+        steps += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    steps = steps[: max(1, round(epochs * len(train) / batch_size))]
+    head = list(rm.score_head.parameters())
+    body = param_groups(rm.backbone, 0.0)
+    opt = AdamW([*body, {"params": head, "weight_decay": 0.0, "lr_scale": head_lr / lr}], lr=lr)
+    total, warm = len(steps), max(1, len(steps) // 10)
+    dev = rm.score_head.weight.device
+    rm.train()
+    log: list[dict[str, float]] = []
+    bar = LossBar(total, "reward model", progress)
+    for step, chunk in enumerate(steps):
+        set_lr(opt, warmup_stable_decay(step, lr, 0.0, warm, total, decay_fraction=1.0))
+        b = collate(chunk, pad_id)
+        r = rm(b["input_ids"].to(dev), b["last"])
+        n = len(r) // 2
+        loss, stats = bradley_terry_loss(r[:n], r[n:])
+        value = optimizer_step(
+            opt, loss, [p for g in opt.param_groups for p in g["params"]], 1.0, "reward loss", step
+        )
+        rec = {"step": step + 1, "loss": value, "accuracy": float(stats["accuracy"])}
+        if val and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == total):
+            rec.update({f"val_{k}": v for k, v in reward_metrics(rm, val, pad_id).items()})
+        log.append(rec)
+        bar.update(value, **({"val_acc": rec["val_accuracy"]} if "val_accuracy" in rec else {}))
+    bar.close()
+    with torch.no_grad():  # centre: the training pairs' mean reward becomes 0
+        rw, rl = rm.score_pairs(list(train)[:256], pad_id)
+        rm.offset += torch.cat([rw, rl]).mean().to(rm.offset)
+    rm.eval()
+    return log
