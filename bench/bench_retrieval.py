@@ -210,7 +210,7 @@ def main() -> None:
                 f"{m['recall@100']:.4f}",
                 f"{m['mrr@10']:.4f}",
                 f"{p_dense:.4f}",
-                f"{p_best:.4f}",
+                *([f"{p_best:.4f}"] if best_single != "dense" else []),
             ]
         )
     print(
@@ -223,7 +223,7 @@ def main() -> None:
                 "R@100 (test)",
                 "MRR@10 (test)",
                 "p vs dense",
-                f"p vs {best_single}",
+                *([f"p vs {best_single}"] if best_single != "dense" else []),
             ],
             rows,
         )

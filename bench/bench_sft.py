@@ -68,11 +68,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", default="Forge")
     ap.add_argument("--author", default="the lmforge team")
-    ap.add_argument("--alpaca", type=int, default=60, help="Alpaca examples trained on")
+    ap.add_argument("--alpaca", type=int, default=40, help="Alpaca examples trained on")
     ap.add_argument("--alpaca-val", type=int, default=40, help="Alpaca examples held out")
     ap.add_argument("--arc", type=int, default=500, help="ARC-Easy questions (0: all 2,376)")
-    ap.add_argument("--epochs", type=float, default=3)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--epochs", type=float, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default="bench/out/sft.json")
     args = ap.parse_args()
     print(load_line("start"))
@@ -108,7 +108,7 @@ def main() -> None:
             )
         cfg = FinetuneConfig(
             data=[str(files["train"])], val_data=[str(files["val"])], method="lora", lora_r=16, lora_alpha=32,
-            epochs=args.epochs, lr=args.lr, batch_size=4, max_length=320, eval_every=10, log_every=5,
+            epochs=args.epochs, lr=args.lr, batch_size=4, max_length=256, eval_every=10, log_every=5,
             out_dir=str(Path(args.out).with_suffix("")) + "_run", resume=False, device="cpu",
         )  # fmt: skip
         t1 = time.perf_counter()
