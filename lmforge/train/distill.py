@@ -83,3 +83,79 @@ def distillation_loss(
     ce = torch.where(keep_ce, nll, 0.0).sum() / keep_ce.sum().clamp(min=1)
     loss = alpha * kd + (1 - alpha) * ce
     return loss, {"kd": kd.detach(), "ce": ce.detach()}
+
+
+def _batch(raw) -> dict[str, torch.Tensor]:
+    """A loader's tensors → model inputs + labels: (x, y) of the pretraining loaders, or the packed
+    (x, y, segment_ids, position_ids) of PackedLoader / SFTLoader."""
+    x, y, *rest = raw
+    batch = {"input_ids": x, "labels": y}
+    if rest:
+        batch.update(segment_ids=rest[0], position_ids=rest[1])
+    return batch
+
+
+def train_distill(
+    student,
+    teacher,
+    loader,
+    steps: int,
+    lr: float = 1e-3,
+    temperature: float = 2.0,
+    alpha: float | None = None,
+    val_loader=None,
+    eval_every: int = 0,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Distil ``teacher`` into ``student`` on the batches of ``loader`` (anything with next_batch(): the
+    pretraining loaders, SFTLoader). Scored tokens are those with a label (≠ −100). With ``alpha`` the
+    loss mixes in the student's cross-entropy on the labels. AdamW, warm-up then linear decay, clipping.
+    Logs the loss, and the held-out KD loss of ``val_loader``'s first batch at step 0, every eval_every
+    steps and at the end."""
+    from lmforge.train.optim import AdamW, param_groups
+    from lmforge.train.schedules import set_lr, warmup_stable_decay
+    from lmforge.train.steps import LossBar, optimizer_step
+
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise ValueError(f"the teacher's vocabulary has {teacher.config.vocab_size} tokens, the student's "
+                         f"{student.config.vocab_size}: token-level distillation needs one tokenizer")  # fmt: skip
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    opt = AdamW(param_groups(student, 0.0), lr=lr)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    dev = next(student.parameters()).device
+    val = _batch(val_loader.next_batch()) if val_loader is not None else None
+
+    def kd_of(batch: dict[str, torch.Tensor], train: bool) -> tuple[torch.Tensor, dict]:
+        inputs = {k: v.to(dev) for k, v in batch.items() if k != "labels"}
+        labels = batch["labels"].to(dev)
+        with torch.no_grad():
+            t_logits = teacher(**inputs)
+        with torch.set_grad_enabled(train):
+            s_logits = student(**inputs)
+            return distillation_loss(s_logits, t_logits, labels != -100, temperature,
+                                     alpha if train else None, labels if train and alpha is not None else None)  # fmt: skip
+
+    def held_out() -> float:
+        student.eval()
+        value = float(kd_of(val, False)[0])
+        student.train()
+        return value
+
+    log: list[dict[str, float]] = [{"step": 0, "val_kd": held_out()}] if val else []
+    student.train()
+    bar = LossBar(steps, "distill", progress)
+    warm = max(1, steps // 10)
+    for step in range(steps):
+        set_lr(opt, warmup_stable_decay(step, lr, 0.0, warm, steps, decay_fraction=1.0))
+        loss, stats = kd_of(_batch(loader.next_batch()), True)
+        rec = {"step": step + 1, "loss": optimizer_step(opt, loss, params, 1.0, "distillation loss", step),
+               "kd": float(stats["kd"])}  # fmt: skip
+        if val and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):
+            rec["val_kd"] = held_out()
+        log.append(rec)
+        bar.update(rec["loss"])
+    bar.close()
+    student.eval()
+    return log

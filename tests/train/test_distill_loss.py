@@ -62,3 +62,31 @@ def test_errors():
         distillation_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), None, temperature=0.0)
     with pytest.raises(ValueError, match="do not match"):
         distillation_loss(torch.zeros(1, 2, 3), torch.zeros(1, 3, 3), None)
+
+
+def test_a_student_learns_the_teachers_distribution():
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.transformer import Transformer
+    from lmforge.train.distill import train_distill
+    from lmforge.train.sft import SFTExample, SFTLoader
+
+    def model(dim: int, layers: int, seed: int) -> Transformer:
+        torch.manual_seed(seed)
+        cfg = ModelConfig(dim=dim, n_heads=4, n_kv_heads=2, n_layers=layers, vocab_size=64, ffn_dim=2 * dim,
+                          family="llama", max_seq_len=32)  # fmt: skip
+        return Transformer(cfg).init_weights()
+
+    teacher = model(64, 3, 0)
+    teacher.embed.weight.data *= 5  # a peaked, structured distribution worth copying
+    student = model(32, 2, 1)
+    g = torch.Generator().manual_seed(0)
+    ex = [SFTExample(ids, ids) for ids in torch.randint(0, 64, (64, 17), generator=g).tolist()]
+    train, val = SFTLoader(ex[:48], 8, 16, seed=0), SFTLoader(ex[48:], 16, 16, seed=0)
+    log = train_distill(
+        student, teacher, train, steps=60, lr=1e-2, temperature=2.0, val_loader=val, progress=False
+    )
+    assert log[-1]["val_kd"] < 0.5 * log[0]["val_kd"]
+    assert not any(p.requires_grad for p in teacher.parameters())
+    other = Transformer(ModelConfig(dim=32, n_heads=4, n_layers=1, vocab_size=65, ffn_dim=64, family="llama"))
+    with pytest.raises(ValueError, match="one tokenizer"):
+        train_distill(other, teacher, train, steps=1, progress=False)
