@@ -125,3 +125,34 @@ def train_reward_model(
         rm.offset += torch.cat([rw, rl]).mean().to(rm.offset)
     rm.eval()
     return log
+
+
+def best_of_n(
+    model,
+    prompts: Sequence[list[int]],
+    score,
+    n: int = 8,
+    max_new_tokens: int = 64,
+    eos_ids: set[int] | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    pad_id: int = 0,
+) -> list[tuple[list[int], float, list[float]]]:
+    """Best-of-n / rejection sampling (Nakano et al. 2021, WebGPT; Llama 2's rejection-sampling stage):
+    sample n completions per prompt, keep the one ``score(prompt index, completion)`` rates highest.
+    Returns per prompt (best completion, its score, all n scores); the best completions are SFT data
+    for the next round. Raises on NaN scores."""
+    from lmforge.train.grpo import sample_groups
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    comps = sample_groups(model, prompts, n, max_new_tokens, eos_ids or set(), temperature, seed, pad_id)
+    out = []
+    for i in range(len(prompts)):
+        group = comps[i * n : (i + 1) * n]
+        scores = [float(score(i, c)) for c in group]
+        if any(s != s for s in scores):
+            raise ValueError(f"prompt {i}: the scorer returned NaN")
+        best = max(range(n), key=lambda j: scores[j])
+        out.append((group[best], scores[best], scores))
+    return out

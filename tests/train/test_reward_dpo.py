@@ -110,3 +110,17 @@ def test_dpo_inputs_that_cannot_work_are_refused(tok):
         from lmforge.train.preference import bradley_terry_loss
 
         bradley_terry_loss(torch.tensor([float("nan")]), torch.tensor([0.0]))
+
+
+def test_best_of_n_keeps_the_best_scored_sample():
+    from lmforge.train.reward import best_of_n
+
+    model = tiny(128).init_weights()
+    low = lambda i, c: sum(t < 16 for t in c) / max(len(c), 1)  # noqa: E731
+    picked = best_of_n(model, [[20, 21], [30, 31, 32]], low, n=8, max_new_tokens=6, seed=0)
+    for best, s, scores in picked:
+        assert s == max(scores) == low(0, best) and len(scores) == 8
+    mean_all = sum(sum(sc) / 8 for _, _, sc in picked) / 2
+    assert sum(s for _, s, _ in picked) / 2 > mean_all  # selection beats the average sample
+    with pytest.raises(ValueError, match="NaN"):
+        best_of_n(model, [[20]], lambda i, c: float("nan"), n=2, max_new_tokens=2)
