@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import tempfile
 import time
@@ -53,10 +54,12 @@ def held_out_loss(model, tok, convs) -> float:
 
 
 def says_name(model, questions, name: str) -> tuple[float, list[str]]:
+    """The share of greedy answers that contain the name as a word ("Forge", not the "forge" in "lmforge")."""
     answers = [
         generate(model, [{"role": "user", "content": q}], max_tokens=40, temperature=0) for q in questions
     ]
-    return sum(name.lower() in a.lower() for a in answers) / len(answers), answers
+    word = re.compile(rf"(?<![A-Za-z]){re.escape(name)}(?![A-Za-z])", re.IGNORECASE)
+    return sum(bool(word.search(a)) for a in answers) / len(answers), answers
 
 
 def arc_easy(model, limit: int) -> float:
@@ -71,7 +74,7 @@ def main() -> None:
     ap.add_argument("--alpaca", type=int, default=40, help="Alpaca examples trained on")
     ap.add_argument("--alpaca-val", type=int, default=40, help="Alpaca examples held out")
     ap.add_argument("--arc", type=int, default=500, help="ARC-Easy questions (0: all 2,376)")
-    ap.add_argument("--epochs", type=float, default=4)
+    ap.add_argument("--epochs", type=float, default=5)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default="bench/out/sft.json")
     args = ap.parse_args()

@@ -225,6 +225,17 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
 
 
+def cmd_merge(args: argparse.Namespace) -> None:
+    from lmforge import load_model
+    from lmforge.model.export import save_hf
+    from lmforge.train.lora import load_peft, remove_lora
+
+    model = load_model(args.model)
+    cfg = load_peft(model, args.adapter)
+    out = save_hf(remove_lora(model, merge=True), args.out)
+    print(f"merged {args.adapter} (r={cfg.r}, alpha={cfg.alpha}) into {args.model}: {out}")
+
+
 def cmd_speedrun(args: argparse.Namespace) -> None:
     from lmforge.train.speedrun import run_speedrun
 
@@ -633,6 +644,14 @@ def build_parser() -> argparse.ArgumentParser:
         ft.add_argument("--config", help="YAML or JSON file of FinetuneConfig fields; flags override it")
         add_config_arguments(ft, FinetuneConfig)
         ft.set_defaults(func=cmd_sft, default_method=method)
+
+    mg = sub.add_parser("merge", help="fold a LoRA adapter (PEFT folder) into its base model → HF folder")
+    mg.add_argument("adapter", help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
+    mg.add_argument(
+        "--model", default="smollm2-135m-instruct", help="the base model the adapter was trained on"
+    )
+    mg.add_argument("--out", required=True, help="the merged model's folder (HF safetensors + config.json)")
+    mg.set_defaults(func=cmd_merge)
 
     sc = sub.add_parser(
         "scaling", help="train a grid of sizes × token budgets, fit L(N, D), plot the frontier"

@@ -97,3 +97,22 @@ def test_bad_inputs_are_named(tmp_path, data, tok):
     with pytest.raises(SystemExit, match="data file not found"):
         main(["lora", "--data", str(tmp_path / "missing.json"), "--model", "smollm2-135m-instruct",
               "--out-dir", str(tmp_path / "x")])  # fmt: skip
+
+
+def test_merge_folds_an_adapter_into_an_hf_folder(tmp_path, data, tok, smollm2_gguf):
+    """lmforge merge on the real SmolLM2: the merged folder's logits equal base + adapter's."""
+    from lmforge import load_model
+    from lmforge.train.lora import LoRAConfig, apply_lora, save_peft
+
+    model = load_model(smollm2_gguf)
+    apply_lora(model, LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "down_proj"]))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if name.endswith("lora_B"):
+            p.data.normal_(std=0.02)
+    save_peft(model, LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "down_proj"]), tmp_path / "ad")
+    main(["merge", str(tmp_path / "ad"), "--model", str(smollm2_gguf), "--out", str(tmp_path / "merged")])
+    merged = load_model(tmp_path / "merged")
+    ids = torch.tensor([tok.encode("The capital of France is")])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids), model(ids), atol=1e-3)
