@@ -55,7 +55,7 @@ def _read_split(cfg: FinetuneConfig, tokenizer):
         train_ex = mix(
             train_ex, [text_example(tokenizer, d, cfg.max_length) for d in docs], cfg.mix_fraction, cfg.seed
         )
-    return train_ex, val_ex, val
+    return train_ex, val_ex
 
 
 def lora_config(cfg: FinetuneConfig):
@@ -103,7 +103,7 @@ def run_sft(cfg: FinetuneConfig, progress: bool = True, model=None, tokenizer=No
     device = resolve_device(cfg.device)
     if tokenizer is None:
         tokenizer = getattr(model, "tokenizer", None) if model is not None else load_tokenizer(cfg.model)
-    train_ex, val_ex, _ = _read_split(cfg, tokenizer)  # bad data fails before the model loads
+    train_ex, val_ex = _read_split(cfg, tokenizer)  # bad data fails before the model loads
     model = model if model is not None else load_model(cfg.model)
     pad = tokenizer.eos_id if tokenizer.eos_id is not None else 0
     seq_len = min(cfg.max_length, max(len(e) for e in train_ex))

@@ -28,12 +28,16 @@ from lmforge.train.rl import grpo_advantages, grpo_loss
 Reward = Callable[[int, list[int]], float]  # (prompt index, completion ids) → reward
 
 
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log π(ids[:, t+1] | ids[:, :t+1]) per position (B, T-1), from a causal LM's logits (B, T, V), in
+    float32: position t's logits predict token t+1."""
+    z = logits[:, :-1].float()  # (B, T-1, V)
+    return z.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+
+
 def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log π of ids[:, 1:] (B, T-1) and the shifted completion mask (B, T-1)."""
-    z = model(ids)[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
-    labels = ids[:, 1:]
-    lp = z.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)  # (B, T-1)
-    return lp, mask[:, 1:]
+    return token_logprobs(model(ids), ids), mask[:, 1:]
 
 
 def _batch(prompts: Sequence[list[int]], completions: Sequence[list[int]], pad_id: int):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from lmforge.train.grpo import _batch, sample_groups
+from lmforge.train.grpo import _batch, sample_groups, token_logprobs
 from lmforge.train.rl import gae, masked_mean, ppo_policy_loss, ppo_rewards, value_loss, whiten
 
 Reward = Callable[[int, list[int]], float]  # (prompt index, completion ids) → score
@@ -47,11 +47,8 @@ class ValueHead(nn.Module):
 def policy_and_values(model, head: ValueHead, ids: torch.Tensor, mask: torch.Tensor):
     """Per-token log π of ids[:, 1:] (B, T-1), values of the states that predict them (B, T-1), the mask."""
     h = model.hidden_states(ids)  # (B, T, D)
-    z = model.logits(h)[:, :-1].float()  # position t predicts token t+1
-    labels = ids[:, 1:]
-    lp = z.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
-    values = head(model.norm(h))[:, :-1].float()
-    return lp, values, mask[:, 1:]
+    values = head(model.norm(h))[:, :-1].float()  # the state at t, which predicts token t+1
+    return token_logprobs(model.logits(h), ids), values, mask[:, 1:]
 
 
 def train_ppo(

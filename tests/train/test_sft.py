@@ -152,8 +152,10 @@ def test_a_packed_batch_has_the_loss_of_its_examples_alone():
 
 
 def test_an_example_with_nothing_trained_is_dropped_and_all_untrained_is_an_error():
+    untrained, trained = SFTExample([1, 2, 3], [IGNORE] * 3), SFTExample([4, 5, 6], [IGNORE, 5, 6])
+    assert SFTLoader([untrained, trained], 1, 4).examples == [trained]
     with pytest.raises(ValueError, match="no example has a trained token"):
-        SFTLoader([SFTExample([1, 2, 3], [IGNORE] * 3)], 1, 4)
+        SFTLoader([untrained], 1, 4)
 
 
 def test_mixing_pretraining_text(smollm_tok):
