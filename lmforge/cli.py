@@ -225,6 +225,29 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
 
 
+ALIGN_COMMANDS = {  # lmforge.train.align.run_<name>
+    "reward": "train a Bradley–Terry reward model on preference pairs",
+    "dpo": "direct preference optimisation on preference pairs (LoRA or full)",
+    "ppo": "PPO-RLHF: raise a reward model's score with a KL leash to the reference",
+    "grpo": "GRPO with a verifiable reward (generated arithmetic problems)",
+    "distill": "distil a teacher's soft targets into a student on chat data",
+}
+
+
+def cmd_align(args: argparse.Namespace) -> None:
+    from lmforge.train import align
+    from lmforge.train.config import AlignConfig, load_config, overrides_from_args
+    from lmforge.train.trainer import TrainingDiverged
+
+    cfg = load_config(args.config, overrides_from_args(args, AlignConfig), AlignConfig)
+    try:
+        summary = getattr(align, f"run_{args.align_command}")(cfg)
+    except TrainingDiverged as e:
+        raise SystemExit(f"error: {e}") from None
+    summary.pop("command_config", None)
+    print(json.dumps(summary, default=str))
+
+
 def cmd_merge(args: argparse.Namespace) -> None:
     from lmforge import load_model
     from lmforge.model.export import save_hf
@@ -644,6 +667,14 @@ def build_parser() -> argparse.ArgumentParser:
         ft.add_argument("--config", help="YAML or JSON file of FinetuneConfig fields; flags override it")
         add_config_arguments(ft, FinetuneConfig)
         ft.set_defaults(func=cmd_sft, default_method=method)
+
+    from lmforge.train.config import AlignConfig
+
+    for name, help_ in ALIGN_COMMANDS.items():
+        al = sub.add_parser(name, help=help_)
+        al.add_argument("--config", help="YAML or JSON file of AlignConfig fields; flags override it")
+        add_config_arguments(al, AlignConfig)
+        al.set_defaults(func=cmd_align, align_command=name)
 
     mg = sub.add_parser("merge", help="fold a LoRA adapter (PEFT folder) into its base model → HF folder")
     mg.add_argument("adapter", help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")

@@ -197,6 +197,11 @@ def save_hf(model: Transformer, folder: str | os.PathLike) -> Path:
     tok = getattr(model, "tokenizer", None)
     if tok is not None and hasattr(tok, "save") and getattr(tok, "merge_mode", None) == "merges":
         tok.save(folder / "tokenizer.json", format="hf")
+        # tokenizer.json has no chat template or BOS/EOS: transformers (and our loader) read them from
+        # tokenizer_config.json, and a fine-tuned chat model without its template is not a chat model.
+        extra = {k: getattr(tok, k, None) for k in ("chat_template", "bos_token", "eos_token")}
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **{k: v for k, v in extra.items() if v}}
+        atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2))
     return folder
 
 

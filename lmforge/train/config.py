@@ -136,6 +136,68 @@ class FinetuneConfig:
         return asdict(self)
 
 
+ALIGN_METHODS = (
+    "lora",
+    "full",
+    "head",
+)  # what trains: LoRA adapters, every weight, or (reward) the head only
+DPO_LOSSES = ("sigmoid", "ipo", "hinge")
+
+
+@dataclass
+class AlignConfig:
+    """A preference / RL / distillation run (lmforge.train.align): ``lmforge reward|dpo|ppo|grpo|distill``.
+
+    One schema for the five commands, as FinetuneConfig is for sft/lora/qlora; each command reads the
+    fields it needs (the DPO fields for dpo, the sampling fields for ppo/grpo, ...)."""
+
+    model: str = "smollm2-135m-instruct"  # the policy / backbone / student
+    data: list[str] = field(default_factory=list)  # preference pairs (reward, dpo), chat data (ppo, distill)
+    heldout: int = 100  # held-out pairs / prompts / examples, a fixed seeded split
+    limit: int = 0  # use only the first N rows after shuffling (0: all)
+    max_length: int = 384
+    method: str = "lora"
+    lora_r: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    use_rslora: bool = False
+    epochs: float = 1.0
+    steps: int = 50  # ppo / grpo: policy updates
+    batch_size: int = 4
+    lr: float = 5e-5
+    l2: float = 1.0  # reward --method head: the head's L2 penalty
+    # dpo
+    beta: float = 0.1  # dpo: the KL strength; grpo: the KL coefficient (0: none)
+    loss: str = "sigmoid"
+    label_smoothing: float = 0.0
+    # ppo / grpo
+    reward_model: str | None = None  # ppo: an `lmforge reward` output folder
+    task: str = "arithmetic"  # grpo: the verifiable task
+    group_size: int = 8
+    prompts_per_step: int = 4
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    kl_coef: float = 0.05
+    # distill
+    teacher: str | None = None
+    kd_temperature: float = 2.0
+    seq_len: int = 256
+    out_dir: str = "runs/align"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ALIGN_METHODS:
+            raise ValueError(f"method must be one of {', '.join(ALIGN_METHODS)}, got {self.method!r}")
+        if self.loss not in DPO_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(DPO_LOSSES)}, got {self.loss!r}")
+        if self.heldout < 0:
+            raise ValueError(f"heldout must be >= 0, got {self.heldout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 CHOICES = {
     "loader": ("random", "packed"),
     "objective": ("clm", "mlm", "span"),

@@ -127,6 +127,42 @@ def train_reward_model(
     return log
 
 
+def fit_reward_head(
+    rm: RewardModel,
+    train: Sequence[TokenizedPair],
+    l2: float = 1.0,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Train only the scalar head, on a frozen backbone, in closed form-ish: Bradley–Terry on the last-token
+    features is logistic regression on h_chosen − h_rejected without an intercept (lmforge.train.probe).
+
+    Each sequence goes through the backbone once (no backward pass), so on a CPU this is minutes where
+    ``train_reward_model`` takes hours. ``features`` = (chosen (N, D), rejected (N, D)) from
+    ``last_token_features`` skips that pass. The head's bias is left at 0 and ``offset`` centres the
+    training rewards on 0. Returns the training accuracy and L2."""
+    from lmforge.train.probe import fit_logistic, last_token_features
+
+    if not train:
+        raise ValueError("no training pairs")
+    if features is None:
+        seqs = [p.chosen.input_ids for p in train] + [p.rejected.input_ids for p in train]
+        f = last_token_features(rm.backbone, seqs, progress)
+        features = f[: len(train)], f[len(train) :]
+    hw, hl = features
+    d = hw - hl  # (N, D)
+    # both orders, labelled 1 and 0: the same likelihood, and balanced labels for the standardisation
+    w, _ = fit_logistic(
+        torch.cat([d, -d]), torch.cat([torch.ones(len(d)), torch.zeros(len(d))]), l2, bias=False
+    )
+    with torch.no_grad():
+        rm.score_head.weight.copy_(w[None].to(rm.score_head.weight))
+        rm.score_head.bias.zero_()
+        rm.offset.fill_(float(torch.cat([hw, hl]).mean(0) @ w))
+    rm.eval()
+    return {"train_accuracy": float((d @ w > 0).float().mean()), "l2": l2}
+
+
 def best_of_n(
     model,
     prompts: Sequence[list[int]],

@@ -46,6 +46,14 @@ def test_real_model_export_round_trip(smollm2_gguf, tmp_path):
     assert hf_tok("Hello 123 world", add_special_tokens=False).input_ids == ours.tokenizer.encode(
         "Hello 123 world"
     )
+    # the chat template and EOS travel too (tokenizer_config.json): the same prompt in both libraries
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert auto.eos_token == ours.tokenizer.eos_token
+    assert auto.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == (
+        ours.tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
+    )
+    assert load_tokenizer(tmp_path).chat_template == ours.tokenizer.chat_template
 
 
 def test_checkpoint_round_trip(tmp_path):
