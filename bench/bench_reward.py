@@ -1,8 +1,8 @@
 """A Bradley–Terry reward model on HH-RLHF harmless with SmolLM2-135M-Instruct as the frozen backbone.
 
 The 2,307 usable pairs of ../shared/data/preference/hh_rlhf_harmless_base_test.jsonl.gz are shuffled
-with --seed and split into --train training and --heldout held-out pairs (fixed: the same seed gives the
-same split). Each conversation (prompt + chosen, prompt + rejected, in the chat template, at most
+with --seed; the first --heldout are held out and the next --train train (lmforge.train.align.split:
+`lmforge reward` and `lmforge dpo` make the same split with the same --seed and --heldout). Each conversation (prompt + chosen, prompt + rejected, in the chat template, at most
 --max-length tokens) goes through the backbone once; the reward head is then fitted on the training
 pairs' last-token features (lmforge.train.reward.fit_reward_head), with L2 chosen by 5-fold
 cross-validation on the training pairs only.
@@ -11,7 +11,7 @@ Reported on the held-out pairs: accuracy (share of pairs where r(chosen) > r(rej
 and two baselines: an untrained head (0.5 by symmetry) and "the longer answer wins". A check runs the
 first 16 held-out pairs through RewardModel.forward and compares with the feature path.
 
-    python bench/bench_reward.py                    # 800 + 400 pairs, ~15 min on 2 cores
+    python bench/bench_reward.py                    # 1,000 + 200 pairs, ~20 min on 2 cores
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from lmforge import load_model, load_tokenizer  # noqa: E402
 from lmforge.data.chat import read_preferences  # noqa: E402
+from lmforge.train.align import split  # noqa: E402
 from lmforge.train.pairs import tokenize_pairs  # noqa: E402
 from lmforge.train.probe import fit_logistic, last_token_features  # noqa: E402
 from lmforge.train.reward import RewardModel, fit_reward_head  # noqa: E402
@@ -55,8 +55,8 @@ def cv_l2(d: torch.Tensor, grid=(0.01, 0.1, 1.0, 10.0, 100.0), k: int = 5) -> tu
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train", type=int, default=800)
-    ap.add_argument("--heldout", type=int, default=400)
+    ap.add_argument("--train", type=int, default=1000)
+    ap.add_argument("--heldout", type=int, default=200)
     ap.add_argument("--max-length", type=int, default=384)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default="bench/out/reward_features.pt")
@@ -64,12 +64,10 @@ def main() -> None:
     args = ap.parse_args()
     print(load_line("start"))
     pairs = read_preferences(data_dir() / "preference" / "hh_rlhf_harmless_base_test.jsonl.gz", on_bad="skip")
-    random.Random(args.seed).shuffle(pairs)
-    if args.train + args.heldout > len(pairs):
-        raise SystemExit(f"--train + --heldout = {args.train + args.heldout} > {len(pairs)} pairs")
+    train, held = split(pairs, args.heldout, args.seed, args.train)  # the split `lmforge reward/dpo` use
     tok = load_tokenizer("smollm2-135m-instruct")
-    train = tokenize_pairs(tok, pairs[: args.train], args.max_length)
-    held = tokenize_pairs(tok, pairs[args.train : args.train + args.heldout], args.max_length)
+    train = tokenize_pairs(tok, train, args.max_length)
+    held = tokenize_pairs(tok, held, args.max_length)
     backbone = load_model("smollm2-135m-instruct")
     rm = RewardModel(backbone)
     key = json.dumps(vars(args) | {"cache": None, "out": None})

@@ -175,8 +175,9 @@ class BertEncoder(nn.Module):
     ) -> torch.Tensor:
         """Sentence embeddings (N, D), float32 on the CPU, in the order of `texts`.
 
-        Texts are truncated to `max_seq_length` tokens. As sentence-transformers does, they are batched
-        longest first, so each batch holds texts of similar length and little compute goes to padding.
+        Texts are truncated to `max_seq_length` tokens and batched longest first, so each batch holds texts
+        of similar length and little compute goes to padding. sentence-transformers sorts by characters;
+        we tokenize everything first and sort by the exact token count, which leaves almost no padding.
         """
         if isinstance(texts, str):
             raise TypeError("encode takes a list of texts; wrap a single text as [text]")
@@ -186,7 +187,12 @@ class BertEncoder(nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         texts = list(texts)
         out = torch.empty(len(texts), self.config.dim, dtype=torch.float32)  # (N, D)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        if not texts:
+            return out
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
+        rows = enc["input_ids"]
+        pad = self.tokenizer.token_to_id(self.tokenizer.pad_token) or 0
+        order = sorted(range(len(texts)), key=lambda i: -len(rows[i]))
         starts = range(0, len(texts), batch_size)
         if progress:
             from tqdm import tqdm
@@ -194,7 +200,17 @@ class BertEncoder(nn.Module):
             starts = tqdm(starts, desc="encode", unit="batch", total=len(starts))
         for start in starts:
             idx = order[start : start + batch_size]
-            out[idx] = self.embed_texts([texts[i] for i in idx], normalize=normalize).float().cpu()
+            width = len(rows[idx[0]])  # the longest of the batch: rows are sorted
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (b, T)
+            types = torch.zeros((len(idx), width), dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for j, i in enumerate(idx):
+                ids[j, : len(rows[i])] = torch.tensor(rows[i])
+                types[j, : len(rows[i])] = torch.tensor(enc["token_type_ids"][i])
+                mask[j, : len(rows[i])] = 1
+            ids, types, mask = ids.to(self.device), types.to(self.device), mask.to(self.device)
+            emb = pool(self(ids, mask, types), mask, self.pooling)  # (b, D)
+            out[idx] = (F.normalize(emb, p=2, dim=-1) if normalize else emb).float().cpu()
         return out
 
 

@@ -32,26 +32,20 @@ from typing import Any
 import torch
 
 from lmforge.fileio import atomic_write_text, read_json
+from lmforge.infer.generate import end_ids, prompt_ids
 from lmforge.train.config import AlignConfig
 
 
 def split(items: Sequence, heldout: int, seed: int, limit: int = 0) -> tuple[list, list]:
-    """Shuffle with ``seed``, keep the first ``limit`` (0: all), hold out the last ``heldout``."""
+    """(train, held-out): shuffle with ``seed``, hold out the first ``heldout``, train on the rest (at most
+    ``limit`` of them; 0: all). The held-out set depends only on the seed and its size, so runs with
+    different amounts of training data (a reward model, then DPO) are scored on the same rows."""
     items = list(items)
     random.Random(seed).shuffle(items)
-    if limit:
-        items = items[:limit]
     if heldout >= len(items):
         raise ValueError(f"heldout={heldout} leaves no training data out of {len(items)} rows")
-    return items[: len(items) - heldout], items[len(items) - heldout :]
-
-
-def end_ids(tokenizer) -> set[int]:
-    """The tokens that end an assistant turn: EOS and the chat markers the tokenizer knows."""
-    ends = [tokenizer.eos_id] + [
-        tokenizer.token_to_id(t) for t in ("<|endoftext|>", "<|im_end|>", "<end_of_turn>")
-    ]
-    return {i for i in ends if i is not None}
+    train = items[heldout:]
+    return (train[:limit] if limit else train), items[:heldout]
 
 
 def _pad(tokenizer) -> int:
@@ -231,9 +225,7 @@ def run_dpo(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def _chat_prompt(tok, text: str) -> list[int]:
-    return tok.encode(
-        tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-    )
+    return prompt_ids(tok, [{"role": "user", "content": text}])
 
 
 def greedy_accuracy(model, tok, problems, prompts: Sequence[list[int]], max_new_tokens: int) -> float:
@@ -257,8 +249,7 @@ def run_grpo(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     model, tok = _load(cfg)
-    n = cfg.limit or 1000
-    train, held = split(TASKS[cfg.task](n + cfg.heldout, cfg.seed), cfg.heldout, cfg.seed)
+    train, held = split(TASKS[cfg.task]((cfg.limit or 1000) + cfg.heldout, cfg.seed), cfg.heldout, cfg.seed)
     train_p = [_chat_prompt(tok, p.question) for p in train]
     held_p = [_chat_prompt(tok, p.question) for p in held]
     _trainable(cfg, model)
@@ -298,7 +289,7 @@ def _user_prompts(cfg: AlignConfig, tok) -> list[list[int]]:
                 prompts.append(conv[: cut + 1])
     if not prompts:
         raise ValueError(f"{', '.join(cfg.data)}: no prompts found")
-    ids = [tok.encode(tok.apply_chat_template(p, add_generation_prompt=True)) for p in prompts]
+    ids = [prompt_ids(tok, p) for p in prompts]
     return [p for p in ids if len(p) + cfg.max_new_tokens <= cfg.max_length]
 
 

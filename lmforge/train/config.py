@@ -153,8 +153,8 @@ class AlignConfig:
 
     model: str = "smollm2-135m-instruct"  # the policy / backbone / student
     data: list[str] = field(default_factory=list)  # preference pairs (reward, dpo), chat data (ppo, distill)
-    heldout: int = 100  # held-out pairs / prompts / examples, a fixed seeded split
-    limit: int = 0  # use only the first N rows after shuffling (0: all)
+    heldout: int = 100  # held-out pairs / prompts / examples: the first N after a seeded shuffle
+    limit: int = 0  # train on at most N of the rest (0: all)
     max_length: int = 384
     method: str = "lora"
     lora_r: int = 16

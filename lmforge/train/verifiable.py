@@ -6,7 +6,9 @@ The task must sit between "never solved" and "always solved" for the starting mo
 that all score the same has zero advantage and teaches nothing.
 
 ``arithmetic(n, seed)``: two-number additions and subtractions, answered with one integer. The reward is
-1 when the first integer of the completion equals the answer, else 0.
+1 when the last integer of the completion equals the answer, else 0: the final number, as lm-eval's
+GSM8K "flexible-extract" reads it, so "3 + 5 = 8" counts (SmolLM2-135M-Instruct answers in that form,
+whatever the prompt asks) and "3 + 5 = 9" does not.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class Problem:
     answer: int
 
 
-def arithmetic(n: int, seed: int = 0, low: int = 2, high: int = 60) -> list[Problem]:
+def arithmetic(n: int, seed: int = 0, low: int = 1, high: int = 20) -> list[Problem]:
     """n problems "What is a + b?" / "What is a - b?" with a, b in [low, high], seeded and reproducible."""
     if n < 0 or low > high:
         raise ValueError(f"need n >= 0 and low <= high, got n={n}, low={low}, high={high}")
@@ -39,14 +41,14 @@ def arithmetic(n: int, seed: int = 0, low: int = 2, high: int = 60) -> list[Prob
     return out
 
 
-def first_integer(text: str) -> int | None:
-    m = _INT.search(text.replace(",", ""))
-    return int(m.group()) if m else None
+def final_integer(text: str) -> int | None:
+    found = _INT.findall(text.replace(",", ""))
+    return int(found[-1]) if found else None
 
 
 def exact_answer(text: str, answer: int) -> float:
-    """1.0 when the first integer in ``text`` is ``answer``, else 0.0."""
-    return float(first_integer(text) == answer)
+    """1.0 when the last integer in ``text`` is ``answer``, else 0.0."""
+    return float(final_integer(text) == answer)
 
 
 TASKS = {"arithmetic": arithmetic}

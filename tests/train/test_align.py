@@ -13,7 +13,7 @@ from lmforge.model.export import save_hf
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.align import load_reward_model, split
-from lmforge.train.verifiable import arithmetic, exact_answer, first_integer
+from lmforge.train.verifiable import arithmetic, exact_answer, final_integer
 
 WORDS = ["cats", "tea", "rain", "music", "maps", "bread", "trains", "snow", "books", "coffee"]
 
@@ -54,6 +54,8 @@ def run(capsys, *argv) -> dict:
 def test_split_is_fixed_and_disjoint():
     a, b = split(range(20), 5, seed=3)
     assert (a, b) == split(range(20), 5, seed=3) and len(b) == 5 and not set(a) & set(b)
+    few, same = split(range(20), 5, seed=3, limit=4)
+    assert same == b and few == a[:4]  # less training data, the same held-out rows
     with pytest.raises(ValueError, match="leaves no training data"):
         split(range(3), 3, 0)
 
@@ -64,8 +66,9 @@ def test_verifiable_arithmetic():
     p = ps[0]
     a, op, b = p.question.split()[2:5]
     assert p.answer == (int(a) + int(b.rstrip("?")) if op == "+" else int(a) - int(b.rstrip("?")))
-    assert first_integer("It is -12, I think 5") == -12 and first_integer("none") is None
-    assert exact_answer(f"{p.answer}.", p.answer) == 1.0 and exact_answer("7 or 8", 8) == 0.0
+    assert final_integer("It is -12, I think 5") == 5 and final_integer("1,024 - 3 = -1") == -1
+    assert final_integer("none") is None
+    assert exact_answer(f"{a} {op} {b} = {p.answer}.", p.answer) == 1.0 and exact_answer("8 or 9", 8) == 0.0
 
 
 def test_reward_head_then_ppo(tmp_path, folders, prefs, capsys):
