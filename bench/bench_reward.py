@@ -27,11 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import data_dir, load_line, md_table  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 from lmforge import load_model, load_tokenizer  # noqa: E402
 from lmforge.data.chat import read_preferences  # noqa: E402
-from lmforge.train.align import split  # noqa: E402
+from lmforge.train.align import save_reward_model, split  # noqa: E402
 from lmforge.train.pairs import tokenize_pairs  # noqa: E402
 from lmforge.train.probe import fit_logistic, last_token_features  # noqa: E402
 from lmforge.train.reward import RewardModel, fit_reward_head  # noqa: E402
@@ -117,9 +116,7 @@ def main() -> None:
     print(load_line("end"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({"score_head.weight": rm.score_head.weight.detach().contiguous(),
-               "score_head.bias": rm.score_head.bias.detach().contiguous(),
-               "offset": rm.offset.detach().reshape(1)}, str(out / "head.safetensors"))  # fmt: skip
+    save_reward_model(rm, out / "reward_model", "smollm2-135m-instruct")  # for `lmforge ppo --reward-model`
     (out / "summary.json").write_text(
         json.dumps(
             {

@@ -255,8 +255,13 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
     model = load_model(args.model)
     cfg = load_peft(model, args.adapter)
-    out = save_hf(remove_lora(model, merge=True), args.out)
+    merged = remove_lora(model, merge=True)
+    out = save_hf(merged, args.out)
     print(f"merged {args.adapter} (r={cfg.r}, alpha={cfg.alpha}) into {args.model}: {out}")
+    if args.gguf:
+        from lmforge.model.export import save_gguf
+
+        print(f"GGUF ({args.gguf_dtype}): {save_gguf(merged, args.gguf, dtype=args.gguf_dtype)}")
 
 
 def cmd_speedrun(args: argparse.Namespace) -> None:
@@ -682,6 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="smollm2-135m-instruct", help="the base model the adapter was trained on"
     )
     mg.add_argument("--out", required=True, help="the merged model's folder (HF safetensors + config.json)")
+    mg.add_argument(
+        "--gguf", help="also write the merged model as this GGUF file (llama family), for llama.cpp"
+    )
+    mg.add_argument("--gguf-dtype", default="f16", choices=("f16", "f32"))
     mg.set_defaults(func=cmd_merge)
 
     sc = sub.add_parser(

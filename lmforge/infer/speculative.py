@@ -184,6 +184,22 @@ class LayerSkipDrafter:
         return tokens, None if greedy else torch.stack(probs)
 
 
+class ModelDrafter(LayerSkipDrafter):
+    """A separate, smaller draft model with the target's vocabulary (Leviathan et al. 2023; Chen et al.
+    2023): every block of ``draft``, with its own KV cache, rolled back like LayerSkipDrafter's.
+
+    The natural draft is a student distilled from the target (lmforge.train.distill): trained to match
+    the target's next-token distribution, it agrees with the target's choices far more often than an
+    independently trained model of its size, and every agreement is a token the target does not decode.
+    """
+
+    def __init__(self, draft, target=None):
+        if target is not None and draft.config.vocab_size != target.config.vocab_size:
+            raise ValueError(f"the draft's vocabulary has {draft.config.vocab_size} tokens, the target's "
+                             f"{target.config.vocab_size}: a draft must share the target's tokenizer")  # fmt: skip
+        super().__init__(draft, list(range(draft.config.n_layers)))
+
+
 def default_layers(n_layers: int) -> list[int]:
     """The default draft blocks: all but ~13% in the middle (SmolLM2's 30: all but 12..15).
 

@@ -235,3 +235,101 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = None) -
         model = Transformer(cfg)
     model = _fill(model, tensors, str(path), dtype or next(iter(tensors.values())).dtype)
     return model.eval()
+
+
+# ---------------------------------------------------------------------- GGUF
+def _ours_to_gguf(name: str) -> str | None:
+    """The inverse of families.gguf_name_to_ours for the llama family's tensors."""
+    fixed = {"embed.weight": "token_embd.weight", "norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}  # fmt: skip
+    if name in fixed:
+        return fixed[name]
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)", name)
+    if m is None:
+        return None
+    i, rest = m.groups()
+    table = {"attn_norm.weight": "attn_norm.weight", "ffn_norm.weight": "ffn_norm.weight",
+             "attn.q_proj.weight": "attn_q.weight", "attn.k_proj.weight": "attn_k.weight",
+             "attn.v_proj.weight": "attn_v.weight", "attn.o_proj.weight": "attn_output.weight",
+             "ffn.gate_proj.weight": "ffn_gate.weight", "ffn.up_proj.weight": "ffn_up.weight",
+             "ffn.down_proj.weight": "ffn_down.weight"}  # fmt: skip
+    return f"blk.{i}.{table[rest]}" if rest in table else None
+
+
+def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, dtype: str = "f16") -> Path:
+    """Write a llama-family model (e.g. SmolLM2 after `lmforge merge`) as a GGUF file llama.cpp can run.
+
+    Matrices are stored in f16 (or f32), norms in f32, as llama.cpp's converter does; q/k rows get
+    llama.cpp's RoPE permutation back (the inverse of what load_gguf undoes). The byte-level BPE tokenizer
+    (tokens, types, merges, BOS/EOS, chat template) goes into the metadata, so the file is self-contained.
+    Quantized types (Q4_K, ...) are llama.cpp's `llama-quantize` job on this file. Written atomically."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    from lmforge.tokenizer.formats import bytes_to_token
+    from lmforge.tokenizer.patterns import GGUF_PRE_PATTERNS
+
+    cfg = model.config
+    if cfg.family != "llama":
+        raise ValueError(f"GGUF export supports the llama family (SmolLM2, Llama, Mistral-style); this model is "
+                         f"{cfg.family!r}: export it with save_hf and convert with llama.cpp")  # fmt: skip
+    if dtype not in ("f16", "f32"):
+        raise ValueError(f"dtype must be 'f16' or 'f32', got {dtype!r}")
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is None or getattr(tok, "merge_mode", None) != "merges":
+        raise ValueError("GGUF export needs the model's byte-level BPE tokenizer (pass tokenizer=)")
+    pre = next((k for k, v in GGUF_PRE_PATTERNS.items() if v == tok.pattern), None)
+    if pre is None:
+        raise ValueError("the tokenizer's pre-tokenizer pattern has no llama.cpp name (tokenizer.ggml.pre)")
+    if len(tok.vocab) != cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tok.vocab)} tokens, the model {cfg.vocab_size}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    w = GGUFWriter(str(tmp), "llama")
+    head_dim = cfg.head_dim or cfg.dim // cfg.n_heads
+    w.add_name(getattr(tok, "name", None) or path.stem)
+    w.add_context_length(cfg.max_seq_len)
+    w.add_embedding_length(cfg.dim)
+    w.add_block_count(cfg.n_layers)
+    w.add_feed_forward_length(cfg.ffn_dim)
+    w.add_head_count(cfg.n_heads)
+    w.add_head_count_kv(cfg.n_kv_heads)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(cfg.norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(1 if dtype == "f16" else 0)  # MOSTLY_F16 / ALL_F32
+    specials = {i: s for s, i in tok.special_tokens.items()}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list([specials.get(i) or bytes_to_token(tok.vocab[i]) for i in range(cfg.vocab_size)])
+    w.add_token_types([3 if i in specials else 1 for i in range(cfg.vocab_size)])  # 3: control
+    w.add_token_merges([f"{bytes_to_token(a)} {bytes_to_token(b)}" for a, b in tok.merges])
+    for key, token in (("bos", tok.bos_token), ("eos", tok.eos_token)):
+        if token is not None and tok.token_to_id(token) is not None:
+            getattr(w, f"add_{key}_token_id")(tok.token_to_id(token))
+    w.add_add_bos_token(bool(getattr(tok, "add_bos", False)))
+    if tok.chat_template:
+        w.add_chat_template(tok.chat_template)
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_embeddings:
+            continue
+        gname = _ours_to_gguf(name)
+        if gname is None:
+            if "rotary" in name or "inv_freq" in name:
+                continue
+            raise ValueError(f"no GGUF name for tensor {name!r}")
+        a = t.detach().float().cpu().numpy()
+        if name.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
+            heads = cfg.n_heads if "q_proj" in name else cfg.n_kv_heads
+            # llama.cpp's layout: rows (head, i, pair-half) → (head, pair-half, i)
+            a = a.reshape(heads, 2, a.shape[0] // heads // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+        a = np.ascontiguousarray(a.astype(np.float16) if dtype == "f16" and a.ndim == 2 else a)
+        w.add_tensor(gname, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, path)
+    return path

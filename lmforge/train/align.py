@@ -48,6 +48,10 @@ def split(items: Sequence, heldout: int, seed: int, limit: int = 0) -> tuple[lis
     return (train[:limit] if limit else train), items[:heldout]
 
 
+def _every(cfg: AlignConfig, steps: int) -> int:
+    return cfg.eval_every or max(1, steps // 5)
+
+
 def _pad(tokenizer) -> int:
     return tokenizer.eos_id if tokenizer.eos_id is not None else 0
 
@@ -132,8 +136,6 @@ def _pairs(cfg: AlignConfig, tokenizer):
 
 
 def run_reward(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
-    from safetensors.torch import save_file
-
     from lmforge.train.reward import RewardModel, fit_reward_head, reward_metrics, train_reward_model
 
     backbone, tok = _load(cfg)
@@ -149,23 +151,28 @@ def run_reward(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
         log = train_reward_model(rm, train, _pad(tok), held, cfg.epochs, cfg.batch_size, cfg.lr,
                                  seed=cfg.seed, progress=progress)  # fmt: skip
     after = reward_metrics(rm, held, _pad(tok)) if held else {}
-    folder = out / "reward_model"
+    saved = _save_policy(cfg, backbone, out / "reward_model") if cfg.method != "head" else {}
+    saved = {k: str(Path(v).resolve()) for k, v in saved.items()}  # the folder may be read from elsewhere
+    folder = save_reward_model(rm, out / "reward_model", saved.get("model", cfg.model), saved.get("adapter"))
+    write_log(out, log, ["loss", "accuracy", "val_accuracy"], "reward model")
+    return _finish(cfg, out, {"train_pairs": len(train), "heldout_pairs": len(held),
+                              **{f"heldout_{k}": v for k, v in after.items()}, "reward_model": str(folder)})  # fmt: skip
+
+
+def save_reward_model(rm, folder: str | Path, model: str, adapter: str | None = None) -> Path:
+    """folder/head.safetensors (the scalar head and offset) + reward_config.json (the backbone to load: a
+    model name or folder, and a PEFT adapter folder or None), which ``load_reward_model`` reads."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     head = {"score_head.weight": rm.score_head.weight.detach().float().contiguous(),
             "score_head.bias": rm.score_head.bias.detach().float().contiguous(),
             "offset": rm.offset.detach().float().reshape(1)}  # fmt: skip
     save_file(head, str(folder / "head.tmp.safetensors"))
     (folder / "head.tmp.safetensors").replace(folder / "head.safetensors")
-    saved = {}
-    if cfg.method == "lora":
-        saved = _save_policy(cfg, backbone, folder)
-    elif cfg.method == "full":
-        saved = _save_policy(cfg, backbone, folder)
-    atomic_write_text(folder / "reward_config.json",
-                      json.dumps({"model": saved.get("model", cfg.model), "adapter": saved.get("adapter")}))  # fmt: skip
-    write_log(out, log, ["loss", "accuracy", "val_accuracy"], "reward model")
-    return _finish(cfg, out, {"train_pairs": len(train), "heldout_pairs": len(held),
-                              **{f"heldout_{k}": v for k, v in after.items()}, "reward_model": str(folder)})  # fmt: skip
+    atomic_write_text(folder / "reward_config.json", json.dumps({"model": model, "adapter": adapter}))
+    return folder
 
 
 def load_reward_model(folder: str | Path):
@@ -206,14 +213,12 @@ def run_dpo(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
         ref, _ = _load(cfg)
         ref.eval().requires_grad_(False)
     _trainable(cfg, model)
+    every = _every(cfg, round(cfg.epochs * len(train) / cfg.batch_size)) if held else 0
     log = train_dpo(model, train, _pad(tok), held, ref, cfg.beta, cfg.loss, cfg.label_smoothing, cfg.epochs,
-                    cfg.batch_size, cfg.lr, eval_every=max(1, len(train) // cfg.batch_size // 4) if held else 0,
-                    seed=cfg.seed, progress=progress)  # fmt: skip
+                    cfg.batch_size, cfg.lr, eval_every=every, seed=cfg.seed, progress=progress)  # fmt: skip
     out = Path(cfg.out_dir)
     saved = _save_policy(cfg, model, out)
-    write_log(
-        out, log, ["loss", "val_accuracy", "val_margin", "val_chosen_reward", "val_rejected_reward"], "DPO"
-    )
+    write_log(out, log, ["loss", "val_accuracy", "val_margin", "val_logp_gap"], "DPO")
     held_stats = [r for r in log if "val_accuracy" in r]
     before = {k[4:]: v for k, v in held_stats[0].items() if k.startswith("val_")} if held_stats else {}
     after = {k[4:]: v for k, v in held_stats[-1].items() if k.startswith("val_")} if held_stats else {}
@@ -262,7 +267,7 @@ def run_grpo(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
 
     log = train_grpo(model, train_p, reward, cfg.steps, cfg.group_size, cfg.prompts_per_step, cfg.max_new_tokens,
                      end_ids(tok), _pad(tok), cfg.temperature, cfg.lr, cfg.beta if cfg.method == "lora" else 0.0,
-                     evaluate=evaluate if held else None, eval_every=max(1, cfg.steps // 5), seed=cfg.seed,
+                     evaluate=evaluate if held else None, eval_every=_every(cfg, cfg.steps), seed=cfg.seed,
                      progress=progress)  # fmt: skip
     out = Path(cfg.out_dir)
     saved = _save_policy(cfg, model, out)
@@ -326,7 +331,7 @@ def run_ppo(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
 
     log, _ = train_ppo(model, train, score_train, cfg.steps, cfg.prompts_per_step, cfg.max_new_tokens, end_ids(tok),
                        _pad(tok), cfg.temperature, cfg.lr, cfg.kl_coef, ref=ref, evaluate=evaluate,
-                       eval_every=max(1, cfg.steps // 5), seed=cfg.seed, progress=progress)  # fmt: skip
+                       eval_every=_every(cfg, cfg.steps), seed=cfg.seed, progress=progress)  # fmt: skip
     out = Path(cfg.out_dir)
     saved = _save_policy(cfg, model, out)
     write_log(out, log, ["score", "eval", "kl", "kl_seq"], "PPO-RLHF")
@@ -365,7 +370,7 @@ def run_distill(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
     for p in student.parameters():
         p.requires_grad_(True)
     log = train_distill(student, teacher, loader, steps, cfg.lr, cfg.kd_temperature, val_loader=val,
-                        eval_every=max(1, steps // 5), progress=progress)  # fmt: skip
+                        eval_every=_every(cfg, steps), progress=progress)  # fmt: skip
     out = Path(cfg.out_dir)
     saved = str(save_hf(student, out / "model"))
     write_log(out, log, ["loss", "val_kd"], "distillation")

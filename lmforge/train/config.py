@@ -167,6 +167,7 @@ class AlignConfig:
     batch_size: int = 4
     lr: float = 5e-5
     l2: float = 1.0  # reward --method head: the head's L2 penalty
+    eval_every: int = 0  # held-out evaluation every N steps (0: five times a run; always at start and end)
     # dpo
     beta: float = 0.1  # dpo: the KL strength; grpo: the KL coefficient (0: none)
     loss: str = "sigmoid"

@@ -111,20 +111,26 @@ def revision_pairs(revisions: Sequence[Revision]) -> list[PreferencePair]:
 
 
 @torch.inference_mode()
-def ai_preference(model, tokenizer, prompt: str, a: str, b: str, principle: str) -> float:
-    """RLAIF's judge: log-odds that ``a`` follows ``principle`` better than ``b``, averaged over both
-    presentation orders (so a judge that always says "A" scores 0, not +∞)."""
+def judge_orders(model, tokenizer, prompt: str, a: str, b: str, principle: str) -> tuple[float, float]:
+    """The judge's log p("A") − log p("B") with ``a`` shown first, then with ``b`` shown first."""
     ids_a = [tokenizer.encode(w)[0] for w in ("A", " A")]
     ids_b = [tokenizer.encode(w)[0] for w in ("B", " B")]
     dev = next(model.parameters()).device
 
     def odds(x: str, y: str) -> float:
-        ids = prompt_ids(tokenizer, [{"role": "user", "content": JUDGE.format(prompt=prompt, a=x, b=y,
-                                                                             principle=principle)}])  # fmt: skip
+        text = JUDGE.format(prompt=prompt, a=x, b=y, principle=principle)
+        ids = prompt_ids(tokenizer, [{"role": "user", "content": text}])
         lp = torch.log_softmax(model(torch.tensor([ids], device=dev))[0, -1].float(), -1)  # (V,)
         return float(torch.logsumexp(lp[ids_a], -1) - torch.logsumexp(lp[ids_b], -1))
 
-    return 0.5 * (odds(a, b) - odds(b, a))
+    return odds(a, b), odds(b, a)
+
+
+def ai_preference(model, tokenizer, prompt: str, a: str, b: str, principle: str) -> float:
+    """RLAIF's judge: log-odds that ``a`` follows ``principle`` better than ``b``, averaged over both
+    presentation orders (so a judge that always says "A" scores 0, not +∞)."""
+    first, second = judge_orders(model, tokenizer, prompt, a, b, principle)
+    return 0.5 * (first - second)
 
 
 def ai_label_pairs(

@@ -67,3 +67,38 @@ def test_checkpoint_round_trip(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
     with pytest.raises(ValueError, match="bad.safetensors"):
         load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_gguf_export_of_a_merged_lora_model(smollm2_gguf, tmp_path):
+    """SmolLM2 + a LoRA update, merged → GGUF (f16): transformers' own GGUF reader gives the same logits as our
+    loader, both match the adapter path up to f16 rounding, and the tokenizer and chat template travel."""
+    from lmforge.model.export import save_gguf
+    from lmforge.model.weights import load_gguf
+    from lmforge.tokenizer import load_tokenizer
+    from lmforge.train.lora import LoRAConfig, apply_lora, merged_copy
+
+    model = load_gguf(smollm2_gguf)
+    tok = load_tokenizer(smollm2_gguf)
+    apply_lora(model, LoRAConfig(r=4, alpha=8, target_modules="all-linear"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.02)  # a real update, so the merge matters
+    path = save_gguf(merged_copy(model), tmp_path / "merged.gguf", tok)
+    ids = torch.tensor([tok.encode("Exported adapters keep what they learned.")])
+    ours = load_gguf(path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, gguf_file="merged.gguf", dtype=torch.float32
+    )
+    with torch.no_grad():
+        adapter = model(ids)
+        assert (hf.eval()(ids).logits - ours(ids)).abs().max().item() < 1e-4
+        assert (ours(ids) - adapter).abs().max().item() < 0.05  # f16 weights
+        assert (ours(ids).argmax(-1) == adapter.argmax(-1)).float().mean() > 0.9
+    again = load_tokenizer(path)
+    assert again.encode("Hello 123 world <|im_end|>") == tok.encode("Hello 123 world <|im_end|>")
+    assert again.chat_template == tok.chat_template and again.eos_token == tok.eos_token
+    with pytest.raises(ValueError, match="dtype"):
+        save_gguf(ours, tmp_path / "x.gguf", tok, dtype="q4")
+    assert not (tmp_path / "x.gguf").exists()

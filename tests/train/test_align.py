@@ -95,6 +95,24 @@ def test_reward_head_then_ppo(tmp_path, folders, prefs, capsys):
               "--out-dir", str(tmp_path / "x")])  # fmt: skip
 
 
+def test_reward_with_lora_saves_and_reloads_the_adapter(tmp_path, folders, prefs, capsys):
+    s = run(capsys, "reward", "--model", folders["policy"], "--data", prefs, "--heldout", "6", "--method", "lora",
+            "--epochs", "1", "--lr", "1e-3", "--out-dir", str(tmp_path))  # fmt: skip
+    meta = json.loads((tmp_path / "reward_model" / "reward_config.json").read_text())
+    assert meta["adapter"] and (tmp_path / "reward_model" / "adapter" / "adapter_config.json").exists()
+    rm, tok = load_reward_model(tmp_path / "reward_model")
+    from lmforge.data.chat import read_preferences
+    from lmforge.train.align import split as split_rows
+    from lmforge.train.pairs import tokenize_pairs
+    from lmforge.train.reward import reward_metrics
+
+    _, held = split_rows(read_preferences(prefs), 6, 0)
+    again = reward_metrics(rm, tokenize_pairs(tok, held), tok.eos_id)
+    assert again["accuracy"] == pytest.approx(s["heldout_accuracy"]) and again["margin"] == pytest.approx(
+        s["heldout_margin"], abs=1e-4
+    )
+
+
 def test_dpo_raises_held_out_accuracy(tmp_path, folders, prefs, capsys):
     s = run(capsys, "dpo", "--model", folders["policy"], "--data", prefs, "--heldout", "6", "--epochs", "4",
             "--lr", "5e-3", "--beta", "0.5", "--lora-r", "8", "--out-dir", str(tmp_path))  # fmt: skip

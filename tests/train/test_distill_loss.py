@@ -73,12 +73,14 @@ def test_a_student_learns_the_teachers_distribution():
     def model(dim: int, layers: int, seed: int) -> Transformer:
         torch.manual_seed(seed)
         cfg = ModelConfig(dim=dim, n_heads=4, n_kv_heads=2, n_layers=layers, vocab_size=64, ffn_dim=2 * dim,
-                          family="llama", max_seq_len=32)  # fmt: skip
+                          family="llama", max_seq_len=32, tie_embeddings=False)  # fmt: skip
         return Transformer(cfg).init_weights()
 
     teacher = model(64, 3, 0)
     teacher.embed.weight.data *= 5  # a peaked, structured distribution worth copying
+    teacher.lm_head.weight.data *= 20  # (untied, so its argmax is not just "repeat the input token")
     student = model(32, 2, 1)
+    untrained = model(32, 2, 1)  # the same student before distillation
     g = torch.Generator().manual_seed(0)
     ex = [SFTExample(ids, ids) for ids in torch.randint(0, 64, (64, 17), generator=g).tolist()]
     train, val = SFTLoader(ex[:48], 8, 16, seed=0), SFTLoader(ex[48:], 16, 16, seed=0)
@@ -87,6 +89,29 @@ def test_a_student_learns_the_teachers_distribution():
     )
     assert log[-1]["val_kd"] < 0.5 * log[0]["val_kd"]
     assert not any(p.requires_grad for p in teacher.parameters())
+
+    # The distilled student as a speculative-decoding draft for its teacher: the output is exactly the
+    # teacher's greedy output, and the student picks the teacher's next token (what a greedy draft must
+    # do to be accepted) far more often than before distillation, on held-out sequences.
+    from lmforge.infer.generate import generate_ids
+    from lmforge.infer.sampling import SamplingParams
+    from lmforge.infer.speculative import ModelDrafter, speculative_generate_ids
+
+    greedy = SamplingParams(temperature=0.0)
+    for row in range(3):
+        prompt = torch.tensor([ex[48 + row].input_ids[:4]])
+        out, stats = speculative_generate_ids(teacher, prompt, 12, greedy, ModelDrafter(student, teacher))
+        assert out.tolist() == generate_ids(teacher, prompt, 12, greedy).tolist() and stats["drafted"] > 0
+    held = torch.tensor([e.input_ids for e in ex[48:]])  # (16, 17)
+    with torch.no_grad():
+        target = teacher(held).argmax(-1)
+        agree = {n: float((m(held).argmax(-1) == target).float().mean()) for n, m in
+                 (("before", untrained), ("after", student))}  # fmt: skip
+    assert agree["after"] > agree["before"] + 0.2, agree
+    with pytest.raises(ValueError, match="share the target's tokenizer"):
+        ModelDrafter(
+            Transformer(ModelConfig(dim=32, n_heads=4, n_layers=1, vocab_size=65, ffn_dim=64)), teacher
+        )
     other = Transformer(ModelConfig(dim=32, n_heads=4, n_layers=1, vocab_size=65, ffn_dim=64, family="llama"))
     with pytest.raises(ValueError, match="one tokenizer"):
         train_distill(other, teacher, train, steps=1, progress=False)

@@ -111,8 +111,10 @@ def test_merge_folds_an_adapter_into_an_hf_folder(tmp_path, data, tok, smollm2_g
         if name.endswith("lora_B"):
             p.data.normal_(std=0.02)
     save_peft(model, LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "down_proj"]), tmp_path / "ad")
-    main(["merge", str(tmp_path / "ad"), "--model", str(smollm2_gguf), "--out", str(tmp_path / "merged")])
+    main(["merge", str(tmp_path / "ad"), "--model", str(smollm2_gguf), "--out", str(tmp_path / "merged"),
+          "--gguf", str(tmp_path / "merged.gguf")])  # fmt: skip
     merged = load_model(tmp_path / "merged")
     ids = torch.tensor([tok.encode("The capital of France is")])
     with torch.no_grad():
         assert torch.allclose(merged(ids), model(ids), atol=1e-3)
+        assert (load_model(tmp_path / "merged.gguf")(ids) - model(ids)).abs().max() < 0.05  # f16 weights
