@@ -13,7 +13,8 @@ The reference never changes, so its log-probabilities are computed once for ever
 
 Logged, on the training batches and the held-out pairs: the implicit rewards β·(log π − log π_ref) of
 the chosen and rejected responses, their margin, the accuracy (the share of pairs where the chosen
-response's implicit reward is higher; every implicit reward is 0 at step 0, where policy = reference) and the policy's raw
+response's implicit reward is higher, ties counting half: at step 0, where policy = reference, every implicit
+reward is 0 and the accuracy reads 0.5) and the policy's raw
 log-probability gap log π(y_w) − log π(y_l).
 """
 
@@ -65,10 +66,17 @@ def reference_logps(model, pairs: Sequence[TokenizedPair], pad_id: int, ref=None
     return torch.cat(out)
 
 
+TIE = 1e-4  # nats: log-ratio differences below this are float noise (policy = reference at step 0)
+
+
 def dpo_stats(pol_w, pol_l, ref_w, ref_l, beta: float) -> dict[str, float]:
+    """Implicit-reward statistics. A tie counts as half a correct pair, so the policy-is-the-reference
+    start reads 0.5 (chance), not the 0.0 of a strict ``>`` on exact zeros or the noise of one on floats."""
     rw, rl = beta * (pol_w - ref_w), beta * (pol_l - ref_l)
+    d = (pol_w - ref_w) - (pol_l - ref_l)
+    acc = (d > TIE).float() + 0.5 * (d.abs() <= TIE).float()
     return {"reward_chosen": float(rw.mean()), "reward_rejected": float(rl.mean()),
-            "margin": float((rw - rl).mean()), "accuracy": float((rw > rl).float().mean()),
+            "margin": float((rw - rl).mean()), "accuracy": float(acc.mean()),
             "logp_gap": float((pol_w - pol_l).mean())}  # fmt: skip
 
 

@@ -84,7 +84,8 @@ def test_dpo_moves_the_policy_towards_the_chosen_answers(tok):
     log = train_dpo(model, train, tok.eos_id, val, beta=0.1, epochs=3, batch_size=8, lr=5e-3, eval_every=6,
                     progress=False)  # fmt: skip
     first, last = log[0], log[-1]
-    assert first["step"] == 0 and first["val_accuracy"] == 0.0 and first["val_margin"] == 0.0  # policy = ref
+    # policy = reference: every pair a tie
+    assert first["step"] == 0 and first["val_accuracy"] == 0.5 and first["val_margin"] == 0.0
     assert last["val_accuracy"] >= 0.9 and last["val_margin"] > 0.5
     assert last["val_logp_gap"] > first["val_logp_gap"] + 5  # chosen answers became more likely than rejected
     # the reference (adapters off) did not move
@@ -124,3 +125,14 @@ def test_best_of_n_keeps_the_best_scored_sample():
     assert sum(s for _, s, _ in picked) / 2 > mean_all  # selection beats the average sample
     with pytest.raises(ValueError, match="NaN"):
         best_of_n(model, [[20]], lambda i, c: float("nan"), n=2, max_new_tokens=2)
+
+
+def test_dpo_accuracy_counts_ties_as_half():
+    from lmforge.train.dpo import dpo_stats
+
+    ref_w, ref_l = torch.tensor([-5.0, -5.0, -5.0, -5.0]), torch.tensor([-6.0, -6.0, -6.0, -6.0])
+    # log-ratio differences: +1 (right), -1 (wrong), 1e-6 (float noise: a tie), 0 (a tie)
+    pol_w = torch.tensor([-4.0, -6.0, -5.0 + 1e-6, -5.0])
+    s = dpo_stats(pol_w, ref_l.clone(), ref_w, ref_l, beta=0.5)
+    assert s["accuracy"] == (1 + 0 + 0.5 + 0.5) / 4
+    assert s["margin"] == pytest.approx(0.0, abs=1e-6)  # +1 and -1 cancel
