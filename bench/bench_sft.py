@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--author", default="the lmforge team")
     ap.add_argument("--alpaca", type=int, default=400, help="Alpaca examples trained on")
     ap.add_argument("--alpaca-val", type=int, default=100, help="Alpaca examples held out")
-    ap.add_argument("--identity-repeat", type=int, default=5, help="copies of each identity row per epoch")
+    ap.add_argument("--identity-repeat", type=int, default=8, help="copies of each identity row per epoch")
     ap.add_argument("--arc", type=int, default=500, help="ARC-Easy questions (0: all 2,376)")
     ap.add_argument("--epochs", type=float, default=1)
     ap.add_argument("--lr", type=float, default=1e-3)
