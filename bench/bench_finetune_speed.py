@@ -59,6 +59,12 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
+def summarize(rounds: list[dict]) -> dict:
+    """One method's rounds as one row: the median step time, and the highest peak memory of any round."""
+    return {**rounds[0], "step_s": median([r["step_s"] for r in rounds]),
+            "peak_mb": max(r["peak_mb"] for r in rounds)}  # fmt: skip
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.nn.functional as F
@@ -123,7 +129,7 @@ def main() -> None:
         "--rounds",
         type=int,
         default=1,
-        help="run the methods this many times, interleaved; report the median step time of the rounds",
+        help="run the methods this many times, interleaved: the median step time, the highest peak memory",
     )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -158,8 +164,7 @@ def main() -> None:
                     raise SystemExit(f"{name} {method}: worker failed")
                 runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(f"{name} {method} round {rnd + 1}: {runs[method][-1]}", flush=True)
-            # each method's median round by step time (its peak memory is that round's)
-            res = {m: sorted(rs, key=lambda r: r["step_s"])[len(rs) // 2] for m, rs in runs.items()}
+            res = {m: summarize(rs) for m, rs in runs.items()}
             if "lora" in runs and "peft" in runs:
                 per_round = [p["step_s"] / o["step_s"] for o, p in zip(runs["lora"], runs["peft"])]
                 print(
