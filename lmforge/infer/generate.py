@@ -70,8 +70,10 @@ def batch_generate_ids(
     eos_ids: set[int] | None = None,
     pad_id: int = 0,
     until: Callable[[int, list[int]], bool] | None = None,
+    keep_end: bool = False,
 ) -> list[list[int]]:
-    """Generate for several prompts of different lengths at once; each row's new ids, end token excluded.
+    """Generate for several prompts of different lengths at once; each row's new ids, end token excluded
+    unless keep_end (RL needs the exact token that ended a row: it was sampled, so it is an action).
 
     until(row, new_ids), when given, is asked after every new token whether that row is finished (the
     evaluator stops a row once its text holds a stop string, e.g. "Question:" in GSM8K).
@@ -111,6 +113,8 @@ def batch_generate_ids(
                     continue
                 if eos_ids and token in eos_ids:
                     done[row] = True
+                    if keep_end:
+                        out[row].append(token)
                 else:
                     out[row].append(token)
                     seen[row] = torch.cat([seen[row], nxt[row, None, None]], dim=1)

@@ -52,6 +52,13 @@ def _every(cfg: AlignConfig, steps: int) -> int:
     return cfg.eval_every or max(1, steps // 5)
 
 
+def _ckpt(cfg: AlignConfig):
+    """out_dir/checkpoints every ckpt_every steps; with resume, a rerun of the command continues there."""
+    from lmforge.train.checkpoint import LoopCheckpoints
+
+    return LoopCheckpoints(Path(cfg.out_dir) / "checkpoints", cfg.ckpt_every, cfg.resume)
+
+
 def _pad(tokenizer) -> int:
     return tokenizer.eos_id if tokenizer.eos_id is not None else 0
 
@@ -149,7 +156,7 @@ def run_reward(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
     else:
         _trainable(cfg, backbone)
         log = train_reward_model(rm, train, _pad(tok), held, cfg.epochs, cfg.batch_size, cfg.lr,
-                                 seed=cfg.seed, progress=progress)  # fmt: skip
+                                 seed=cfg.seed, progress=progress, ckpt=_ckpt(cfg))  # fmt: skip
     after = reward_metrics(rm, held, _pad(tok)) if held else {}
     saved = _save_policy(cfg, backbone, out / "reward_model") if cfg.method != "head" else {}
     saved = {k: str(Path(v).resolve()) for k, v in saved.items()}  # the folder may be read from elsewhere
@@ -215,7 +222,8 @@ def run_dpo(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
     _trainable(cfg, model)
     every = _every(cfg, round(cfg.epochs * len(train) / cfg.batch_size)) if held else 0
     log = train_dpo(model, train, _pad(tok), held, ref, cfg.beta, cfg.loss, cfg.label_smoothing, cfg.epochs,
-                    cfg.batch_size, cfg.lr, eval_every=every, seed=cfg.seed, progress=progress)  # fmt: skip
+                    cfg.batch_size, cfg.lr, eval_every=every, seed=cfg.seed, progress=progress,
+                    ckpt=_ckpt(cfg))  # fmt: skip
     out = Path(cfg.out_dir)
     saved = _save_policy(cfg, model, out)
     write_log(out, log, ["loss", "val_accuracy", "val_margin", "val_logp_gap"], "DPO")
@@ -268,7 +276,7 @@ def run_grpo(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
     log = train_grpo(model, train_p, reward, cfg.steps, cfg.group_size, cfg.prompts_per_step, cfg.max_new_tokens,
                      end_ids(tok), _pad(tok), cfg.temperature, cfg.lr, cfg.beta if cfg.method == "lora" else 0.0,
                      evaluate=evaluate if held else None, eval_every=_every(cfg, cfg.steps), seed=cfg.seed,
-                     progress=progress)  # fmt: skip
+                     progress=progress, ckpt=_ckpt(cfg))  # fmt: skip
     out = Path(cfg.out_dir)
     saved = _save_policy(cfg, model, out)
     write_log(out, log, ["reward", "eval", "groups_with_signal", "kl"], f"GRPO on {cfg.task}")
@@ -330,11 +338,12 @@ def run_ppo(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
         return sum(score_held(i, o) for i, o in enumerate(outs)) / len(held)
 
     log, _ = train_ppo(model, train, score_train, cfg.steps, cfg.prompts_per_step, cfg.max_new_tokens, end_ids(tok),
-                       _pad(tok), cfg.temperature, cfg.lr, cfg.kl_coef, ref=ref, evaluate=evaluate,
-                       eval_every=_every(cfg, cfg.steps), seed=cfg.seed, progress=progress)  # fmt: skip
+                       _pad(tok), cfg.temperature, cfg.lr, cfg.kl_coef, missing_eos_penalty=cfg.missing_eos_penalty,
+                       ref=ref, evaluate=evaluate, eval_every=_every(cfg, cfg.steps), seed=cfg.seed,
+                       progress=progress, ckpt=_ckpt(cfg))  # fmt: skip
     out = Path(cfg.out_dir)
     saved = _save_policy(cfg, model, out)
-    write_log(out, log, ["score", "eval", "kl", "kl_seq"], "PPO-RLHF")
+    write_log(out, log, ["score", "eval", "kl", "kl_seq", "ended"], "PPO-RLHF")
     evals = [r["eval"] for r in log if "eval" in r]
     return _finish(cfg, out, {"train_prompts": len(train), "heldout_prompts": len(held),
                               "heldout_reward_before": evals[0], "heldout_reward_after": evals[-1],
@@ -370,7 +379,7 @@ def run_distill(cfg: AlignConfig, progress: bool = True) -> dict[str, Any]:
     for p in student.parameters():
         p.requires_grad_(True)
     log = train_distill(student, teacher, loader, steps, cfg.lr, cfg.kd_temperature, val_loader=val,
-                        eval_every=_every(cfg, steps), progress=progress)  # fmt: skip
+                        eval_every=_every(cfg, steps), progress=progress, ckpt=_ckpt(cfg))  # fmt: skip
     out = Path(cfg.out_dir)
     saved = str(save_hf(student, out / "model"))
     write_log(out, log, ["loss", "val_kd"], "distillation")

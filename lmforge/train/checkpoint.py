@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +174,73 @@ def model_from_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) 
     except (OSError, ValueError):
         model.tokenizer = None  # the tokenizer moved since training; the weights are still usable
     return model
+
+
+# --- the alignment loops ------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopCheckpoints:
+    """Checkpoint and resume for the step loops of reward, dpo, ppo, grpo and distill.
+
+    Those loops are not the pretraining Trainer. Each one is ``for step in range(start, total)`` over its
+    own state: the trainable tensors (LoRA's adapters, a value or score head, or every weight), the
+    optimizer's moments, the log so far, the loop's ``random.Random``, the global RNGs and a loader's
+    position. Every ``every`` steps all of it goes to ``out_dir/step_*.pt`` (atomically, as above).
+    ``resume`` puts it all back, so a resumed run logs the numbers of one that never stopped (the tests
+    compare the logs). Frozen weights are not saved: the run reloads them from the model it names.
+    """
+
+    out_dir: str | Path
+    every: int = 0  # 0: no checkpoints
+    resume: bool = True
+    keep_last: int = 2
+
+
+def _trainable(modules: Sequence[torch.nn.Module]) -> dict[str, torch.Tensor]:
+    return {f"{i}.{n}": p for i, m in enumerate(modules) for n, p in m.named_parameters() if p.requires_grad}
+
+
+def resume_loop(ck: LoopCheckpoints | None, total: int, modules: Sequence[torch.nn.Module], opt,
+                rnd: random.Random | None = None, loader=None) -> tuple[int, list[dict[str, float]]]:  # fmt: skip
+    """(first step, log so far) from the latest checkpoint of ck.out_dir; (0, []) for a fresh run."""
+    path = latest_checkpoint(ck.out_dir) if ck is not None and ck.resume else None
+    if path is None:
+        return 0, []
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "trainable" not in state:
+        raise ValueError(f"{path}: not a checkpoint of an alignment loop (no 'trainable' tensors)")
+    if state["total"] != total:
+        raise ValueError(f"{path}: the checkpoint is from a run of {state['total']} steps, this run has {total}; "
+                         "use another out_dir, or resume false to start over")  # fmt: skip
+    own = _trainable(modules)
+    if set(own) != set(state["trainable"]) or any(
+        own[k].shape != v.shape for k, v in state["trainable"].items()
+    ):
+        raise ValueError(f"{path}: the checkpoint's trainable tensors do not fit this run "
+                         f"(e.g. {sorted(set(own) ^ set(state['trainable']))[:1] or 'a shape'}): "
+                         "another method, rank or target modules?")  # fmt: skip
+    with torch.no_grad():
+        for k, v in state["trainable"].items():
+            own[k].copy_(v)
+    opt.load_state_dict(state["optimizer"])
+    if rnd is not None:
+        rnd.setstate(state["loop_rng"])
+    if loader is not None:
+        loader.load_state_dict(state["loader"])
+    set_rng_state(state["rng"])
+    return int(state["step"]), list(state["log"])
+
+
+def save_loop(ck: LoopCheckpoints | None, step: int, total: int, log: list[dict[str, float]],
+              modules: Sequence[torch.nn.Module], opt, rnd: random.Random | None = None,
+              loader=None) -> Path | None:  # fmt: skip
+    """After ``step`` steps: a checkpoint when ck.every divides step (none after the last step: the run's
+    own outputs are written then)."""
+    if ck is None or not ck.every or step % ck.every or step >= total:
+        return None
+    state = {"step": step, "total": total, "log": log, "optimizer": opt.state_dict(), "rng": rng_state(),
+             "trainable": {k: p.detach().clone() for k, p in _trainable(modules).items()},
+             "loop_rng": rnd.getstate() if rnd is not None else None,
+             "loader": loader.state_dict() if loader is not None else None}  # fmt: skip
+    return save_checkpoint(ck.out_dir, step, state, ck.keep_last)

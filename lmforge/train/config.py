@@ -180,11 +180,16 @@ class AlignConfig:
     max_new_tokens: int = 32
     temperature: float = 1.0
     kl_coef: float = 0.05
+    missing_eos_penalty: float = 0.0  # ppo: subtracted from the score of a reply that never ended
     # distill
     teacher: str | None = None
     kd_temperature: float = 2.0
     seq_len: int = 256
     out_dir: str = "runs/align"
+    ckpt_every: int = (
+        0  # a checkpoint (trainables, optimizer, log, RNGs) every N steps in out_dir/checkpoints
+    )
+    resume: bool = True  # continue from out_dir/checkpoints' latest checkpoint when there is one
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lmforge.train.checkpoint import LoopCheckpoints, resume_loop, save_loop
+
 
 def distillation_loss(
     student_logits: torch.Tensor,
@@ -106,6 +108,7 @@ def train_distill(
     val_loader=None,
     eval_every: int = 0,
     progress: bool = True,
+    ckpt: LoopCheckpoints | None = None,
 ) -> list[dict[str, float]]:
     """Distil ``teacher`` into ``student`` on the batches of ``loader`` (anything with next_batch(): the
     pretraining loaders, SFTLoader). Scored tokens are those with a label (≠ −100). With ``alpha`` the
@@ -143,11 +146,13 @@ def train_distill(
         student.train()
         return value
 
-    log: list[dict[str, float]] = [{"step": 0, "val_kd": held_out()}] if val else []
+    start, log = resume_loop(ckpt, steps, [student], opt, loader=loader)
+    if val and start == 0:
+        log.append({"step": 0, "val_kd": held_out()})
     student.train()
     bar = LossBar(steps, "distill", progress)
     warm = max(1, steps // 10)
-    for step in range(steps):
+    for step in range(start, steps):
         set_lr(opt, warmup_stable_decay(step, lr, 0.0, warm, steps, decay_fraction=1.0))
         loss, stats = kd_of(_batch(loader.next_batch()), True)
         rec = {"step": step + 1, "loss": optimizer_step(opt, loss, params, 1.0, "distillation loss", step),
@@ -155,6 +160,7 @@ def train_distill(
         if val and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):
             rec["val_kd"] = held_out()
         log.append(rec)
+        save_loop(ckpt, step + 1, steps, log, [student], opt, loader=loader)
         bar.update(rec["loss"])
     bar.close()
     student.eval()

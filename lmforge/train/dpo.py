@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lmforge.train.checkpoint import LoopCheckpoints, resume_loop, save_loop
 from lmforge.train.pairs import TokenizedPair, collate
 from lmforge.train.preference import dpo_loss, sequence_logprobs, shifted
 
@@ -109,6 +110,7 @@ def train_dpo(
     eval_every: int = 0,
     seed: int = 0,
     progress: bool = True,
+    ckpt: LoopCheckpoints | None = None,
 ) -> list[dict[str, float]]:
     """DPO on ``train`` (AdamW, warm-up then linear decay, clipping at 1); returns the log, with held-out
     stats at step 0, every eval_every steps and at the end. IPO uses per-token mean log-probabilities, as
@@ -135,8 +137,8 @@ def train_dpo(
         raise ValueError(
             "the policy has no trainable parameters (apply_lora, or leave the weights trainable)"
         )
-    log: list[dict[str, float]] = []
-    if val:
+    start, log = resume_loop(ckpt, n_steps, [model], opt)
+    if val and start == 0:
         log.append(
             {
                 "step": 0,
@@ -149,7 +151,7 @@ def train_dpo(
     warm = max(1, n_steps // 10)
     model.train()
     bar = LossBar(n_steps, "dpo", progress)
-    for step in range(n_steps):
+    for step in range(start, n_steps):
         set_lr(opt, warmup_stable_decay(step, lr, 0.0, warm, n_steps, decay_fraction=1.0))
         idx = order[step * batch_size : (step + 1) * batch_size]
         w, lo = pair_logps(model, collate([train[i] for i in idx], pad_id), average)
@@ -169,6 +171,7 @@ def train_dpo(
                 }
             )
         log.append(rec)
+        save_loop(ckpt, step + 1, n_steps, log, [model], opt)
         bar.update(value, **({"val_acc": rec["val_accuracy"]} if "val_accuracy" in rec else {}))
     bar.close()
     model.eval()

@@ -23,6 +23,7 @@ import torch
 
 from lmforge.infer.generate import batch_generate_ids
 from lmforge.infer.sampling import SamplingParams
+from lmforge.train.checkpoint import LoopCheckpoints, resume_loop, save_loop
 from lmforge.train.rl import grpo_advantages, grpo_loss
 
 Reward = Callable[[int, list[int]], float]  # (prompt index, completion ids) → reward
@@ -54,15 +55,15 @@ def _batch(prompts: Sequence[list[int]], completions: Sequence[list[int]], pad_i
 def sample_groups(model, prompts: Sequence[list[int]], group_size: int, max_new_tokens: int, eos_ids: set[int],
                   temperature: float, seed: int, pad_id: int) -> list[list[int]]:  # fmt: skip
     """G completions per prompt, adjacent (prompt 0's G, then prompt 1's, ...); a completion that stopped
-    on an end token keeps it, so the policy is also trained on when to stop."""
+    on an end token keeps the very token it sampled (<|im_end|>, not some other end id), so the policy is
+    also trained on when to stop, on the action it took."""
     was = model.training
     model.eval()
     rep = [list(p) for p in prompts for _ in range(group_size)]
     out = batch_generate_ids(model, rep, max_new_tokens, SamplingParams(temperature=temperature, seed=seed),
-                             eos_ids, pad_id)  # fmt: skip
+                             eos_ids, pad_id, keep_end=True)  # fmt: skip
     model.train(was)
-    end = min(eos_ids) if eos_ids else None
-    return [c + [end] if end is not None and len(c) < max_new_tokens else c for c in out]
+    return out
 
 
 def train_grpo(
@@ -84,6 +85,7 @@ def train_grpo(
     eval_every: int = 0,
     seed: int = 0,
     progress: bool = True,
+    ckpt: LoopCheckpoints | None = None,
 ) -> list[dict[str, float]]:
     """GRPO for ``steps`` steps; the log has each step's mean reward, the share of groups with any signal,
     loss, KL and clip fraction, and ``evaluate()`` (e.g. held-out accuracy) at step 0, every eval_every
@@ -99,12 +101,13 @@ def train_grpo(
     if not params:
         raise ValueError("the policy has no trainable parameters")
     rnd = random.Random(seed)
-    log: list[dict[str, float]] = []
-    if evaluate is not None:
+    start, log = resume_loop(ckpt, steps, [model], opt, rnd)
+    if evaluate is not None and start == 0:
         log.append({"step": 0, "eval": float(evaluate())})
     bar = LossBar(steps, "grpo", progress)
     dev = next(model.parameters()).device
-    for step in range(steps):
+    model.train()  # one mode for every pass of a step (dropout), whether the run starts fresh or resumes
+    for step in range(start, steps):
         idx = [rnd.randrange(len(prompts)) for _ in range(prompts_per_step)]
         chosen = [prompts[i] for i in idx]
         comps = sample_groups(model, chosen, group_size, max_new_tokens, eos_ids or set(), temperature,
@@ -129,6 +132,7 @@ def train_grpo(
         if evaluate is not None and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):
             rec["eval"] = float(evaluate())
         log.append(rec)
+        save_loop(ckpt, step + 1, steps, log, [model], opt, rnd)
         bar.update(value, reward=rec["reward"])
     bar.close()
     model.eval()

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from lmforge.train.checkpoint import LoopCheckpoints, resume_loop, save_loop
 from lmforge.train.grpo import _batch, sample_groups, token_logprobs
 from lmforge.train.rl import gae, masked_mean, ppo_policy_loss, ppo_rewards, value_loss, whiten
 
@@ -68,14 +69,19 @@ def train_ppo(
     gamma: float = 1.0,
     lam: float = 0.95,
     ppo_epochs: int = 2,
+    missing_eos_penalty: float = 0.0,
     ref=None,
     evaluate: Callable[[], float] | None = None,
     eval_every: int = 0,
     seed: int = 0,
     progress: bool = True,
+    ckpt: LoopCheckpoints | None = None,
 ) -> tuple[list[dict[str, float]], ValueHead]:
     """PPO for ``steps`` rollouts; returns (log, value head). The reference is ``ref``, or the LoRA policy
-    with its adapters off. Logged per step: the mean score, the KL to the reference (mean over completion
+    with its adapters off. ``missing_eos_penalty`` is subtracted from the score of a completion that ran
+    out of tokens without an end token (TRL's option, one of Huang et al. 2024's details): otherwise the
+    budget rewards rambling whose end the reward model never sees. Logged per step: the mean score (before
+    the penalty), the share of completions that ended, the KL to the reference (mean over completion
     tokens of log π_old − log π_ref, summed per sequence as ``kl_seq``), the losses and clip fractions."""
     import contextlib
 
@@ -94,15 +100,20 @@ def train_ppo(
     params = [p for g in opt.param_groups for p in g["params"]]
     reference = ref if ref is not None else model
     rnd = random.Random(seed)
-    log: list[dict[str, float]] = [{"step": 0, "eval": float(evaluate())}] if evaluate is not None else []
+    start, log = resume_loop(ckpt, steps, [model, head], opt, rnd)
+    if evaluate is not None and start == 0:
+        log.append({"step": 0, "eval": float(evaluate())})
     bar = LossBar(steps, "ppo", progress)
-    for step in range(steps):
+    model.train()  # one mode for every pass of a step (dropout), whether the run starts fresh or resumes
+    for step in range(start, steps):
         idx = [rnd.randrange(len(prompts)) for _ in range(prompts_per_step)]
         comps = sample_groups(model, [prompts[i] for i in idx], 1, max_new_tokens, eos_ids or set(), temperature,
                               seed * 100_003 + step, pad_id)  # fmt: skip
         score = torch.tensor([float(reward(i, c)) for i, c in zip(idx, comps)])
         if torch.isnan(score).any():
             raise ValueError("the reward is NaN for some completions: check the reward model / function")
+        ended = torch.tensor([bool(c) and c[-1] in (eos_ids or set()) for c in comps])
+        shaped = score - missing_eos_penalty * (~ended).float()
         ids, mask = _batch([prompts[i] for i in idx], comps, pad_id)
         ids, mask = ids.to(dev), mask.to(dev)
         with torch.no_grad():
@@ -110,7 +121,7 @@ def train_ppo(
             ctx = contextlib.nullcontext() if ref is not None else adapters_disabled(model)
             with ctx:
                 ref_lp, _, _ = policy_and_values(reference, head, ids, mask)
-            rewards = ppo_rewards(score.to(dev), old_lp, ref_lp, m, kl_coef)
+            rewards = ppo_rewards(shaped.to(dev), old_lp, ref_lp, m, kl_coef)
             adv, returns = gae(rewards, old_v, m, gamma, lam)
             adv = whiten(adv, m)
         model.train()
@@ -120,25 +131,52 @@ def train_ppo(
             vl, vstats = value_loss(v, old_v, returns, m, clip)
             value = optimizer_step(opt, pl + vf_coef * vl, params, 1.0, "PPO loss", step)
         kl_tok = old_lp - ref_lp
-        rec = {"step": step + 1, "score": float(score.mean()), "loss": value,
+        rec = {"step": step + 1, "score": float(score.mean()), "ended": float(ended.float().mean()), "loss": value,
                "kl": float(masked_mean(kl_tok, m)), "kl_seq": float((kl_tok * m).sum(1).mean()),
                "policy_loss": float(pl.detach()), "value_loss": float(vl.detach()),
                "clip_fraction": float(pstats.get("clip_fraction", 0.0))}  # fmt: skip
         if evaluate is not None and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):
             rec["eval"] = float(evaluate())
         log.append(rec)
+        save_loop(ckpt, step + 1, steps, log, [model, head], opt, rnd)
         bar.update(value, score=rec["score"], kl=rec["kl"])
     bar.close()
     model.eval()
     return log, head
 
 
+def reply_closing(tokenizer) -> list[int]:
+    """The ids the chat template writes after an assistant reply, from its end marker on (SmolLM2:
+    ``<|im_end|>`` and a newline). A reward model trained on rendered pairs read its score at the last of
+    them, so a sampled reply must be closed the same way before it is scored: read anywhere else (after a
+    bare ``<|endoftext|>``, or mid-sentence) the score comes from states the head never saw. Empty when the
+    template marks no end."""
+    from lmforge.infer.generate import end_ids
+    from lmforge.train.sft import IGNORE, tokenize_chat
+
+    ex = tokenize_chat(
+        tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    )
+    ends = end_ids(tokenizer)
+    at = next(
+        (i for i, (t, lab) in enumerate(zip(ex.input_ids, ex.labels)) if lab != IGNORE and t in ends), None
+    )
+    return [] if at is None else ex.input_ids[at:]
+
+
 def reward_model_scorer(rm, tokenizer, prompt_ids: Sequence[list[int]]) -> Reward:
-    """A Reward that scores (prompt, completion) with a trained RewardModel at the last token."""
+    """A Reward that scores (prompt, completion) with a trained RewardModel, the completion rendered as
+    the reward model's training rows were: its end token (if it stopped) replaced by the template's
+    closing (``reply_closing``). A reply cut off by the token budget is closed the same way, so it is
+    judged as the answer it is; ``train_ppo(missing_eos_penalty=…)`` is where not stopping costs."""
+    from lmforge.infer.generate import end_ids
+
+    ends, closing = end_ids(tokenizer), reply_closing(tokenizer)
 
     @torch.no_grad()
     def score(i: int, completion: list[int]) -> float:
-        ids = list(prompt_ids[i]) + list(completion)
+        body = list(completion[:-1]) if completion and completion[-1] in ends else list(completion)
+        ids = list(prompt_ids[i]) + body + closing
         dev = rm.score_head.weight.device
         return float(rm(torch.tensor([ids], device=dev), torch.tensor([len(ids) - 1]))[0])
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lmforge.train.checkpoint import LoopCheckpoints, resume_loop, save_loop
 from lmforge.train.pairs import TokenizedPair, collate
 from lmforge.train.preference import bradley_terry_loss
 
@@ -79,6 +80,7 @@ def train_reward_model(
     eval_every: int = 0,
     seed: int = 0,
     progress: bool = True,
+    ckpt: LoopCheckpoints | None = None,
 ) -> list[dict[str, float]]:
     """Bradley–Terry training (AdamW, warm-up then linear decay, clipping at 1). Returns the log: per step
     loss / accuracy, and held-out accuracy and margin every eval_every steps and at the end. Trains what
@@ -103,9 +105,10 @@ def train_reward_model(
     total, warm = len(steps), max(1, len(steps) // 10)
     dev = rm.score_head.weight.device
     rm.train()
-    log: list[dict[str, float]] = []
+    start, log = resume_loop(ckpt, total, [rm], opt)
     bar = LossBar(total, "reward model", progress)
-    for step, chunk in enumerate(steps):
+    for step in range(start, total):
+        chunk = steps[step]
         set_lr(opt, warmup_stable_decay(step, lr, 0.0, warm, total, decay_fraction=1.0))
         b = collate(chunk, pad_id)
         r = rm(b["input_ids"].to(dev), b["last"])
@@ -118,6 +121,7 @@ def train_reward_model(
         if val and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == total):
             rec.update({f"val_{k}": v for k, v in reward_metrics(rm, val, pad_id).items()})
         log.append(rec)
+        save_loop(ckpt, step + 1, total, log, [rm], opt)
         bar.update(value, **({"val_acc": rec["val_accuracy"]} if "val_accuracy" in rec else {}))
     bar.close()
     with torch.no_grad():  # centre: the training pairs' mean reward becomes 0

@@ -144,3 +144,56 @@ def test_grpo_and_distill_run_and_save(tmp_path, folders, capsys):
     assert (tmp_path / "d" / "model" / "model.safetensors").exists()
     with pytest.raises(SystemExit, match="teacher"):
         main(["distill", "--model", folders["policy"], "--data", str(chat)])
+
+
+RESUMABLE = {
+    "reward": ["--data", "PREFS", "--heldout", "6", "--method", "lora", "--batch-size", "3", "--lr", "1e-3"],
+    "dpo": ["--data", "PREFS", "--heldout", "6", "--batch-size", "3", "--lr", "5e-3", "--lora-dropout", "0.1"],
+    "ppo": ["--data", "PREFS", "--reward-model", "RM", "--heldout", "3", "--steps", "6", "--prompts-per-step", "2",
+            "--max-new-tokens", "4", "--lr", "1e-3", "--lora-dropout", "0.1"],
+    "grpo": ["--heldout", "4", "--limit", "20", "--steps", "6", "--group-size", "2", "--prompts-per-step", "2",
+             "--max-new-tokens", "3", "--lr", "1e-3"],
+    "distill": ["--teacher", "TEACHER", "--data", "CHAT", "--heldout", "2", "--steps", "6", "--lr", "3e-3",
+                "--batch-size", "2", "--seq-len", "64"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(RESUMABLE))
+def test_a_run_resumed_from_its_checkpoint_logs_what_an_uninterrupted_run_logs(
+    command, tmp_path, folders, prefs, capsys
+):
+    import shutil
+
+    chat = tmp_path / "chat.json"
+    chat.write_text(
+        json.dumps([{"instruction": f"Say {w}.", "input": "", "output": f"{w} {w}."} for w in WORDS])
+    )
+    rm = tmp_path / "rm"
+    if command == "ppo":
+        run(capsys, "reward", "--model", folders["policy"], "--data", prefs, "--heldout", "6", "--method", "head",
+            "--out-dir", str(rm))  # fmt: skip
+    fill = {"PREFS": prefs, "RM": str(rm / "reward_model"), "TEACHER": folders["teacher"], "CHAT": str(chat)}
+    argv = [
+        command,
+        "--model",
+        folders["policy"],
+        "--ckpt-every",
+        "2",
+        *(fill.get(a, a) for a in RESUMABLE[command]),
+    ]
+    full, part = tmp_path / "full", tmp_path / "part"
+    run(capsys, *argv, "--out-dir", str(full))  # 6 steps: checkpoints after steps 2 and 4
+    saved = sorted((full / "checkpoints").glob("step_*.pt"))
+    assert [p.name for p in saved] == ["step_0000002.pt", "step_0000004.pt"]
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copy(saved[0], part / "checkpoints")  # as if the run had died during step 3
+    run(capsys, *argv, "--out-dir", str(part))
+    logs = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, part)]
+    assert [r["step"] for r in logs[1]] == [r["step"] for r in logs[0]]
+    for a, b in zip(*logs):
+        assert set(a) == set(b) and all(b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6) for k in a), (a, b)
+    with pytest.raises(SystemExit, match="run of 6 steps"):  # a checkpoint of another run is not continued
+        main(
+            [*argv, "--out-dir", str(part)]
+            + (["--epochs", "2"] if command in ("reward", "dpo") else ["--steps", "8"])
+        )

@@ -61,6 +61,16 @@ def test_stopped_completions_keep_their_end_token_and_only_they_are_scored():
     assert lp.shape == (1, 5) and m.tolist() == [[False, False, True, True, False]]
 
 
+def test_a_stopped_completion_keeps_the_end_token_it_sampled_not_another_end_id():
+    model = tiny()
+    free = sample_groups(model, [[20, 21, 22]], 1, 6, set(), 1.0, seed=3, pad_id=0)[0]  # no end ids
+    k = next(i for i in range(1, 6) if free[i] not in free[:i])  # a token that has not come up before
+    other = min(t for t in range(128) if t not in free[: k + 1])  # a smaller end id that was not sampled
+    assert other < free[k]  # so "append the smallest end id" would give a different row
+    got = sample_groups(model, [[20, 21, 22]], 1, 6, {free[k], other}, 1.0, seed=3, pad_id=0)[0]  # same draws
+    assert got == free[: k + 1]  # the row stops on the token it sampled, and keeps that very token
+
+
 def test_nan_rewards_and_frozen_policies_are_refused():
     model = tiny()
     with pytest.raises(ValueError, match="NaN"):
