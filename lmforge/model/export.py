@@ -9,6 +9,7 @@ Both write to a temporary file and rename it into place, so a crash never leaves
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -238,98 +239,162 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = None) -
 
 
 # ---------------------------------------------------------------------- GGUF
-def _ours_to_gguf(name: str) -> str | None:
-    """The inverse of families.gguf_name_to_ours for the llama family's tensors."""
-    fixed = {"embed.weight": "token_embd.weight", "norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}  # fmt: skip
-    if name in fixed:
-        return fixed[name]
-    m = re.fullmatch(r"layers\.(\d+)\.(.+)", name)
-    if m is None:
-        return None
-    i, rest = m.groups()
-    table = {"attn_norm.weight": "attn_norm.weight", "ffn_norm.weight": "ffn_norm.weight",
-             "attn.q_proj.weight": "attn_q.weight", "attn.k_proj.weight": "attn_k.weight",
-             "attn.v_proj.weight": "attn_v.weight", "attn.o_proj.weight": "attn_output.weight",
-             "ffn.gate_proj.weight": "ffn_gate.weight", "ffn.up_proj.weight": "ffn_up.weight",
-             "ffn.down_proj.weight": "ffn_down.weight"}  # fmt: skip
-    return f"blk.{i}.{table[rest]}" if rest in table else None
+GGUF_ARCH = {"llama": "llama", "gemma3_text": "gemma3"}  # our family → GGUF general.architecture
+
+
+def _gguf_metadata(cfg: ModelConfig, arch: str) -> dict[str, Any]:
+    """The model keys of a GGUF file for cfg (``{arch}.context_length``, ...), as plain values."""
+    head_dim = cfg.head_dim or cfg.dim // cfg.n_heads
+    meta: dict[str, Any] = {"general.architecture": arch, "context_length": cfg.max_seq_len,
+                            "embedding_length": cfg.dim, "block_count": cfg.n_layers,
+                            "feed_forward_length": cfg.ffn_dim, "attention.head_count": cfg.n_heads,
+                            "attention.head_count_kv": cfg.n_kv_heads, "rope.freq_base": cfg.rope_theta,
+                            "attention.layer_norm_rms_epsilon": cfg.norm_eps, "vocab_size": cfg.vocab_size}  # fmt: skip
+    if arch == "llama":
+        meta["rope.dimension_count"] = head_dim
+    else:
+        meta |= {"attention.key_length": head_dim, "attention.value_length": head_dim,
+                 "attention.sliding_window": cfg.sliding_window}  # fmt: skip
+    return {k if k.startswith("general.") else f"{arch}.{k}": v for k, v in meta.items()}
+
+
+def _check_gguf_expressible(cfg: ModelConfig, meta: dict[str, Any]) -> None:
+    """A GGUF file stores a few numbers; llama.cpp fixes the rest per architecture (Gemma 3's 5:1 local
+    layers, its local RoPE base, (1 + w) norms). Read the metadata back as our loader will and refuse a
+    model that would come back as another one."""
+    import dataclasses
+
+    from lmforge.model.families import config_from_gguf
+
+    back = config_from_gguf({**meta, "tokenizer.ggml.tokens": None}, "the GGUF being written")
+    back.tie_embeddings = cfg.tie_embeddings  # the loader decides this from the tensors (output.weight)
+    for key, same in (
+        ("head_dim", cfg.head_dim or cfg.dim // cfg.n_heads),
+        ("n_kv_heads", cfg.n_kv_heads or cfg.n_heads),
+    ):
+        if getattr(back, key) == same:  # None means the default; the file spells it out
+            setattr(back, key, getattr(cfg, key))
+    diff = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(back, f.name)]
+    if diff:
+        shown = ", ".join(
+            f"{k}={getattr(cfg, k)!r} (a GGUF reads back {getattr(back, k)!r})" for k in diff[:3]
+        )
+        raise ValueError(f"this {cfg.family} model cannot be stored as a GGUF {meta['general.architecture']} "
+                         f"file without changing it: {shown}; export it with save_hf instead")  # fmt: skip
+
+
+def _add_tokenizer(w, tok, vocab_size: int) -> None:
+    """The tokenizer into the GGUF metadata: byte-level BPE as "gpt2" (tokens, types, merges), or a
+    SentencePiece model as "llama" (pieces, scores, types), with its special ids and chat template."""
+    from lmforge.tokenizer.formats import bytes_to_token
+    from lmforge.tokenizer.patterns import GGUF_PRE_PATTERNS
+    from lmforge.tokenizer.sentencepiece import SentencePieceTokenizer
+
+    if isinstance(tok, SentencePieceTokenizer):
+        if len(tok.pieces) != vocab_size:
+            raise ValueError(f"the tokenizer has {len(tok.pieces)} pieces, the model {vocab_size} tokens")
+        if any(x is None for x in tok.scores):
+            raise ValueError("the tokenizer has pieces without a score (from a tokenizer.json); GGUF needs "
+                             "a score for every piece")  # fmt: skip
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tok.pieces)
+        w.add_token_scores([float(x) for x in tok.scores])
+        w.add_token_types([int(t) for t in tok.types])
+        for key in ("bos", "eos", "unk", "pad"):
+            i = getattr(tok, f"{key}_id", None)
+            if i is not None:
+                getattr(w, f"add_{key}_token_id")(i)
+        w.add_add_eos_token(bool(tok.add_eos))
+        w.add_add_space_prefix(bool(tok.add_dummy_prefix))
+    elif getattr(tok, "merge_mode", None) == "merges":
+        pre = next((k for k, v in GGUF_PRE_PATTERNS.items() if v == tok.pattern), None)
+        if pre is None:
+            raise ValueError(
+                "the tokenizer's pre-tokenizer pattern has no llama.cpp name (tokenizer.ggml.pre)"
+            )
+        if len(tok.vocab) != vocab_size:
+            raise ValueError(f"the tokenizer has {len(tok.vocab)} tokens, the model {vocab_size}")
+        specials = {i: s for s, i in tok.special_tokens.items()}
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list([specials.get(i) or bytes_to_token(tok.vocab[i]) for i in range(vocab_size)])
+        w.add_token_types([3 if i in specials else 1 for i in range(vocab_size)])  # 3: control
+        w.add_token_merges([f"{bytes_to_token(a)} {bytes_to_token(b)}" for a, b in tok.merges])
+        for key, token in (("bos", tok.bos_token), ("eos", tok.eos_token)):
+            if token is not None and tok.token_to_id(token) is not None:
+                getattr(w, f"add_{key}_token_id")(tok.token_to_id(token))
+    else:
+        raise ValueError(
+            "GGUF export needs the model's byte-level BPE or SentencePiece tokenizer (pass tokenizer=)"
+        )
+    w.add_add_bos_token(bool(getattr(tok, "add_bos", False)))
+    if tok.chat_template:
+        w.add_chat_template(tok.chat_template)
 
 
 def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, dtype: str = "f16") -> Path:
-    """Write a llama-family model (e.g. SmolLM2 after `lmforge merge`) as a GGUF file llama.cpp can run.
+    """Write a llama-family or Gemma 3 model (e.g. SmolLM2 or Gemma 3 270M after `lmforge merge`) as a GGUF
+    file llama.cpp can run.
 
-    Matrices are stored in f16 (or f32), norms in f32, as llama.cpp's converter does; q/k rows get
-    llama.cpp's RoPE permutation back (the inverse of what load_gguf undoes). The byte-level BPE tokenizer
-    (tokens, types, merges, BOS/EOS, chat template) goes into the metadata, so the file is self-contained.
-    Quantized types (Q4_K, ...) are llama.cpp's `llama-quantize` job on this file. Written atomically."""
+    Matrices are stored in f16 (or f32), norms in f32, as llama.cpp's converter does. The layout changes
+    load_gguf undoes are redone (weights.redo_gguf_layout): Llama's q/k rows get llama.cpp's RoPE
+    permutation back, Gemma's norms are stored as 1 + w. The tokenizer (byte-level BPE with its merges, or
+    SentencePiece pieces with their scores; special ids; chat template) goes into the metadata, so the
+    file is self-contained. A model the format cannot express (say, a Gemma 3 with another local/global
+    layer pattern) is an error, not a file that loads as another model. Quantized types (Q4_K, ...) are
+    llama.cpp's `llama-quantize` job on this file. Written atomically."""
     import numpy as np
     from gguf import GGUFWriter
 
-    from lmforge.tokenizer.formats import bytes_to_token
-    from lmforge.tokenizer.patterns import GGUF_PRE_PATTERNS
+    from lmforge.model.families import _GGUF_NAMES
+    from lmforge.model.weights import redo_gguf_layout
 
     cfg = model.config
-    if cfg.family != "llama":
-        raise ValueError(f"GGUF export supports the llama family (SmolLM2, Llama, Mistral-style); this model is "
+    if cfg.family not in GGUF_ARCH:
+        raise ValueError(f"GGUF export supports the families {', '.join(GGUF_ARCH)}; this model is "
                          f"{cfg.family!r}: export it with save_hf and convert with llama.cpp")  # fmt: skip
     if dtype not in ("f16", "f32"):
         raise ValueError(f"dtype must be 'f16' or 'f32', got {dtype!r}")
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    if tok is None or getattr(tok, "merge_mode", None) != "merges":
-        raise ValueError("GGUF export needs the model's byte-level BPE tokenizer (pass tokenizer=)")
-    pre = next((k for k, v in GGUF_PRE_PATTERNS.items() if v == tok.pattern), None)
-    if pre is None:
-        raise ValueError("the tokenizer's pre-tokenizer pattern has no llama.cpp name (tokenizer.ggml.pre)")
-    if len(tok.vocab) != cfg.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tok.vocab)} tokens, the model {cfg.vocab_size}")
+    if tok is None:
+        raise ValueError("GGUF export needs the model's tokenizer (pass tokenizer=)")
+    arch = GGUF_ARCH[cfg.family]
+    meta = _gguf_metadata(cfg, arch)
+    _check_gguf_expressible(cfg, meta)
+    names = _inverse(_GGUF_NAMES)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    w = GGUFWriter(str(tmp), "llama")
-    head_dim = cfg.head_dim or cfg.dim // cfg.n_heads
-    w.add_name(getattr(tok, "name", None) or path.stem)
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.dim)
-    w.add_block_count(cfg.n_layers)
-    w.add_feed_forward_length(cfg.ffn_dim)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.n_kv_heads)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_rope_dimension_count(head_dim)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type(1 if dtype == "f16" else 0)  # MOSTLY_F16 / ALL_F32
-    specials = {i: s for s, i in tok.special_tokens.items()}
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list([specials.get(i) or bytes_to_token(tok.vocab[i]) for i in range(cfg.vocab_size)])
-    w.add_token_types([3 if i in specials else 1 for i in range(cfg.vocab_size)])  # 3: control
-    w.add_token_merges([f"{bytes_to_token(a)} {bytes_to_token(b)}" for a, b in tok.merges])
-    for key, token in (("bos", tok.bos_token), ("eos", tok.eos_token)):
-        if token is not None and tok.token_to_id(token) is not None:
-            getattr(w, f"add_{key}_token_id")(tok.token_to_id(token))
-    w.add_add_bos_token(bool(getattr(tok, "add_bos", False)))
-    if tok.chat_template:
-        w.add_chat_template(tok.chat_template)
-    for name, t in model.state_dict().items():
-        if name == "lm_head.weight" and cfg.tie_embeddings:
-            continue
-        gname = _ours_to_gguf(name)
-        if gname is None:
-            if "rotary" in name or "inv_freq" in name:
+    w = GGUFWriter(str(tmp), arch)
+    try:
+        w.add_name(getattr(tok, "name", None) or path.stem)
+        for key, value in meta.items():
+            if key != "general.architecture" and value is not None:
+                add = w.add_float32 if isinstance(value, float) else w.add_uint32
+                add(key, value)
+        w.add_file_type(1 if dtype == "f16" else 0)  # MOSTLY_F16 / ALL_F32
+        _add_tokenizer(w, tok, cfg.vocab_size)
+        for name, t in model.state_dict().items():
+            if name == "lm_head.weight" and cfg.tie_embeddings:
                 continue
-            raise ValueError(f"no GGUF name for tensor {name!r}")
-        a = t.detach().float().cpu().numpy()
-        if name.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
-            heads = cfg.n_heads if "q_proj" in name else cfg.n_kv_heads
-            # llama.cpp's layout: rows (head, i, pair-half) → (head, pair-half, i)
-            a = a.reshape(heads, 2, a.shape[0] // heads // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
-        a = np.ascontiguousarray(a.astype(np.float16) if dtype == "f16" and a.ndim == 2 else a)
-        w.add_tensor(gname, a)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, path)
+            gname = next((m.expand(tpl) for pat, tpl in names if (m := pat.match(name))), None)
+            if gname is None:
+                if "rotary" in name or "inv_freq" in name:
+                    continue
+                raise ValueError(f"no GGUF name for tensor {name!r}")
+            a = redo_gguf_layout(t.detach().float().cpu().numpy(), name, cfg)
+            w.add_tensor(
+                gname, np.ascontiguousarray(a.astype(np.float16) if dtype == "f16" and a.ndim == 2 else a)
+            )
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            w.close()
+        tmp.unlink(missing_ok=True)  # never a half-written file under the real name
+        raise
     return path

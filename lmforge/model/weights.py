@@ -147,6 +147,16 @@ def undo_gguf_layout(w: np.ndarray, ours: str, cfg) -> np.ndarray:
     return w
 
 
+def redo_gguf_layout(w: np.ndarray, ours: str, cfg) -> np.ndarray:
+    """The inverse of undo_gguf_layout, for writing a GGUF: q/k rows permuted back, norms as offset + w."""
+    heads = qk_heads(ours, cfg)
+    if heads:  # rows (head, i, pair-half) → (head, pair-half, i)
+        return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    if cfg.norm_offset and ours.endswith("norm.weight"):
+        return w + cfg.norm_offset
+    return w
+
+
 def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Transformer:
     """A GGUF model file (llama.cpp): metadata → config, tensors dequantized and renamed.
 

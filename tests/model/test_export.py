@@ -102,3 +102,51 @@ def test_gguf_export_of_a_merged_lora_model(smollm2_gguf, tmp_path):
     with pytest.raises(ValueError, match="dtype"):
         save_gguf(ours, tmp_path / "x.gguf", tok, dtype="q4")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_gguf_export_of_a_gemma3_model(gemma_gguf, tmp_path):
+    """Gemma 3 → GGUF (f16): transformers' GGUF reader and our loader give the same logits, which match the
+    model written up to f16 rounding; norms go out as 1 + w and come back as w; the SentencePiece tokenizer
+    (pieces, scores, types, no dummy prefix) and the chat template travel. A small Gemma 3 with random
+    weights everywhere (norms too, so the offset matters) and the real tokenizer, 6 layers so that both
+    local and global attention are in it. head_dim stays 256: transformers' reader leaves Gemma 3's
+    query_pre_attn_scalar at its default of 256, where llama.cpp (and we) scale by 1/√head_dim."""
+    import dataclasses
+
+    from lmforge.model.export import save_gguf
+    from lmforge.model.families import config_from_gguf
+    from lmforge.model.transformer import Transformer
+    from lmforge.tokenizer import load_tokenizer
+    from lmforge.tokenizer.gguf_metadata import read_gguf_metadata
+
+    tok = load_tokenizer(gemma_gguf)
+    real = config_from_gguf(read_gguf_metadata(gemma_gguf), str(gemma_gguf))
+    cfg = dataclasses.replace(real, dim=64, n_layers=6, n_heads=2, n_kv_heads=1, head_dim=256, ffn_dim=96,
+                              sliding_window=4, max_seq_len=64, embed_scale=64**0.5,
+                              layer_types=["full" if (i + 1) % 6 == 0 else "sliding" for i in range(6)])  # fmt: skip
+    torch.manual_seed(0)
+    model = Transformer(cfg).init_weights().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0, 0.3)
+    path = save_gguf(model, tmp_path / "gemma.gguf", tok)
+    ids = torch.tensor([tok.encode("Gemma's local layers see four tokens, its global one sees all.")])
+    ours = load_gguf(path)
+    assert ours.config == cfg
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, gguf_file="gemma.gguf", dtype=torch.float32
+    )
+    with torch.no_grad():
+        assert (hf.eval()(ids).logits - ours(ids)).abs().max().item() < 1e-4
+        assert (ours(ids) - model(ids)).abs().max().item() < 0.05  # f16 weights
+    again = load_tokenizer(path)
+    text = "Hello  world\n<start_of_turn>user\nÀ bientôt 123<end_of_turn>"
+    assert again.encode(text) == tok.encode(text) and again.decode(again.encode(text)) == tok.decode(
+        tok.encode(text)
+    )
+    assert again.chat_template == tok.chat_template and again.eos_token == tok.eos_token
+    odd = Transformer(dataclasses.replace(cfg, layer_types=["full"] * 6)).init_weights()
+    with pytest.raises(ValueError, match="layer_types"):  # GGUF has no key for it: it would load as 5:1
+        save_gguf(odd, tmp_path / "odd.gguf", tok)
+    assert not (tmp_path / "odd.gguf").exists()
