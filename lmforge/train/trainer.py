@@ -105,10 +105,29 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of the model's logits against the batch's labels (-100 = not scored)."""
-    logits = model(**model_inputs(batch))  # (B, T, V)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+def lm_loss(model, batch: dict[str, torch.Tensor], fused: bool = True) -> torch.Tensor:
+    """Mean cross-entropy of the model's logits against the batch's labels (-100 = not scored).
+
+    For our decoder with a plain output head (tied or an nn.Linear: not one with an adapter or quantized)
+    the head and the loss run fused (lmforge.train.losses.linear_cross_entropy): the same loss and
+    gradients without the (B, T, V) logits in memory. fused=False, or any other model, computes the logits.
+    """
+    from lmforge.model.transformer import Transformer
+    from lmforge.train.losses import linear_cross_entropy
+
+    head = getattr(model, "lm_head", None)
+    plain = type(getattr(model, "embed", None)) is torch.nn.Embedding if head is None else (
+        type(head) is torch.nn.Linear and head.bias is None)  # fmt: skip
+    # type(), not isinstance: FSDP2 subclasses the model and unshards its weights in forward hooks
+    if fused and type(model) is Transformer and plain:
+        h = model.norm(model.hidden_states(**model_inputs(batch)))  # (B, T, D)
+        weight = model.embed.weight if head is None else head.weight  # (V, D)
+        loss = linear_cross_entropy(
+            h.flatten(0, 1), weight, batch["labels"].flatten(), model.config.final_softcap
+        )
+    else:
+        logits = model(**model_inputs(batch))  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
     aux = model.aux_loss() if hasattr(model, "aux_loss") else None
     if aux is not None:
         loss = loss + model.config.router_aux_loss_coef * aux

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.train.losses import bits_per_byte, cross_entropy
+from lmforge.train.losses import bits_per_byte, cross_entropy, linear_cross_entropy
 
 B, T, V = 3, 7, 50
 
@@ -76,3 +76,87 @@ def test_bits_per_byte():
     assert bits_per_byte(1.0, 12, 12) == pytest.approx(bits_per_byte(4.0, 3, 12))
     with pytest.raises(ValueError, match="n_bytes"):
         bits_per_byte(1.0, 10, 0)
+
+
+# ------------------------------------------------------------------- the head and the loss, fused
+
+
+def head_case(seed: int = 0, n: int = 37, d: int = 16, v: int = 101):
+    gen = torch.Generator().manual_seed(seed)
+    h = (torch.randn(n, d, generator=gen) * 2).requires_grad_()
+    w = torch.randn(v, d, generator=gen).requires_grad_()
+    y = torch.randint(0, v, (n,), generator=gen)
+    y[:5] = -100
+    y[20] = -100
+    return h, w, y
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize(
+    "chunk_bytes", [4 * 101 * 5, 1 << 26]
+)  # 5 rows a chunk (8 chunks, one ragged), or one
+def test_linear_cross_entropy_equals_head_then_cross_entropy(softcap, chunk_bytes):
+    h, w, y = head_case()
+    z = h @ w.T
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    want = F.cross_entropy(z, y, ignore_index=-100)
+    want.backward()
+    want_dh, want_dw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    got = linear_cross_entropy(h, w, y, softcap=softcap, chunk_bytes=chunk_bytes)
+    (got * 2.5).backward()  # a non-unit upstream gradient is passed through
+    assert got.item() == pytest.approx(want.item(), abs=1e-5)
+    torch.testing.assert_close(h.grad, 2.5 * want_dh, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(w.grad, 2.5 * want_dw, atol=1e-5, rtol=1e-4)
+    assert h.grad[:5].abs().max() == 0  # ignored tokens send nothing back
+
+
+def test_linear_cross_entropy_frozen_weight_no_grad_and_nothing_scored():
+    h, w, y = head_case()
+    w.requires_grad_(False)
+    got = linear_cross_entropy(h, w, y, chunk_bytes=4 * 101 * 4)
+    got.backward()
+    assert w.grad is None and h.grad is not None
+    with torch.no_grad():  # evaluation: the loss alone
+        assert float(linear_cross_entropy(h, w, y)) == pytest.approx(
+            float(F.cross_entropy(h @ w.T, y)), abs=1e-5
+        )
+    none = torch.full_like(y, -100)
+    assert math.isnan(float(linear_cross_entropy(h, w, none))) and math.isnan(
+        float(F.cross_entropy(h @ w.T, none))
+    )
+    with pytest.raises(ValueError, match="h \\(N, D\\), weight \\(V, D\\)"):
+        linear_cross_entropy(h, w.T, y)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_lm_loss_fused_equals_logits_path_and_skips_the_logits(tie, monkeypatch):
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.transformer import Transformer
+    from lmforge.train.lora import LoRAConfig, apply_lora
+    from lmforge.train.trainer import lm_loss
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, n_heads=4, n_kv_heads=2, n_layers=2, vocab_size=300, ffn_dim=48, family="llama",
+                      max_seq_len=32, tie_embeddings=tie, final_softcap=None if tie else 5.0)  # fmt: skip
+    model = Transformer(cfg).init_weights(0.2).train()
+    ids = torch.randint(0, 300, (3, 17))
+    labels = F.pad(ids[:, 1:], (0, 1), value=-100)
+    labels[1, :6] = -100
+    batch = {"input_ids": ids, "labels": labels}
+    for lora in (False, True):  # full fine-tuning (the head trains), then LoRA (the head is frozen)
+        if lora:
+            apply_lora(model, LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+            for p in (a for n, a in model.named_parameters() if "lora_B" in n):
+                torch.nn.init.normal_(p, std=0.1)
+        params = [p for p in model.parameters() if p.requires_grad]
+        want = lm_loss(model, batch, fused=False)
+        want_grads = torch.autograd.grad(want, params)
+        with monkeypatch.context() as m:  # the fused path never makes the (B, T, V) logits
+            m.setattr(Transformer, "logits", lambda *a: pytest.fail("fused lm_loss computed the logits"))
+            got = lm_loss(model, batch)
+            got_grads = torch.autograd.grad(got, params)
+        assert got.item() == pytest.approx(want.item(), abs=1e-5)
+        for g, wg in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, wg, atol=1e-5, rtol=1e-4)
